@@ -1,0 +1,1 @@
+"""raywarp: temporally consistent video restoration with image diffusion models on Ray."""

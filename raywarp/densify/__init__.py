@@ -1,0 +1,89 @@
+"""Flow densification: fill optical flow where it is unknown, guided by the image.
+
+Occlusions (from the forward–backward check), inpainting holes and sparse samples
+leave flow unknown; `densify` fills it by diffusion inpainting with one shared
+explicit solver (`solver.py`) and one of three diffusion tensors
+(`tensor_field.py`, `network.py`):
+
+    method="laplace"        homogeneous diffusion
+    method="eed"            edge-enhancing diffusion steered by the image structure
+    method="neuroexplicit"  tensors predicted by a small U-Net (shipped weights)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+
+from raywarp.densify.network import DensifierUNet, load_densifier
+from raywarp.densify.solver import pyramid_inpaint
+from raywarp.densify.tensor_field import eed_tensor, homogeneous_tensor
+from raywarp.tensors import as_batch, check_same_size, to_like
+
+METHODS = ("laplace", "eed", "neuroexplicit")
+DEFAULT_STEPS = (5, 15, 30, 45)  # per level, coarse to fine (the paper's 95 in total)
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_model(device: str) -> DensifierUNet:
+    return load_densifier(device=device)
+
+
+def densify(
+    flow,
+    mask,
+    image,
+    method: str = "neuroexplicit",
+    steps: Sequence[int] = DEFAULT_STEPS,
+    model: DensifierUNet | None = None,
+    fsi: bool = True,
+):
+    """Fill `flow` where `mask` is 0.
+
+    flow: (B,2,H,W) pixels (values where mask = 0 are ignored and may be NaN);
+    mask: (B,1,H,W), 1 = known, 0 = fill; image: (B,3,H,W) in [0, 1], the frame
+    the flow starts from. Numpy arrays, or (C,H,W) without the batch, also work.
+    steps: solver steps per pyramid level, coarsest first; its length is the
+    number of levels (the network needs exactly its own number, 4).
+    model: a `DensifierUNet` for method="neuroexplicit" (default: shipped weights).
+    fsi: Fast Semi-Iterative acceleration (False: plain explicit steps).
+
+    Returns the dense flow, known pixels unchanged. A mask with no known pixel in
+    some batch item raises ValueError; an all-known mask returns the flow as is.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown densification method {method!r}; choose one of {METHODS}")
+    like = flow
+    flow_t = as_batch(flow, "flow", channels=2, allow_nan=True)
+    mask_t = as_batch(mask, "mask", channels=1)
+    image_t = as_batch(image, "image", channels=3)
+    check_same_size(flow=flow_t, mask=mask_t, image=image_t)
+    if bool(((mask_t < 0) | (mask_t > 1)).any()):
+        raise ValueError("mask: values must lie in [0, 1] (1 = known flow, 0 = to fill)")
+    known = (mask_t > 0.5).to(flow_t.dtype)
+    if not bool(torch.isfinite(flow_t).all(1, keepdim=True)[known.bool()].all()):
+        raise ValueError("flow: NaN or inf where mask marks the flow as known")
+    empty = (known.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"mask: no known flow in batch item(s) {empty}; nothing to densify from")
+    if len(steps) < 1 or any(int(s) < 0 for s in steps):
+        raise ValueError(f"steps: need one non-negative step count per level, got {tuple(steps)}")
+    flow_t = torch.where(known.bool(), flow_t, torch.zeros_like(flow_t))
+    if bool(known.all()):
+        return to_like(flow_t, like)
+
+    image_t = image_t.to(flow_t)
+    if method == "laplace":
+        field_fn = lambda level, img: homogeneous_tensor(img)  # noqa: E731
+    elif method == "eed":
+        field_fn = lambda level, img: eed_tensor(img)  # noqa: E731
+    else:
+        net = model if model is not None else _shipped_model(str(flow_t.device))
+        if len(steps) != net.levels:
+            raise ValueError(f"steps: the neuroexplicit network has {net.levels} levels, got {len(steps)} step counts")
+        fields = net(image_t, known, flow_t)
+        field_fn = lambda level, img: fields[level]  # noqa: E731
+    out = pyramid_inpaint(flow_t, known, image_t, field_fn, steps=[int(s) for s in steps], fsi=fsi)
+    return to_like(out, like)

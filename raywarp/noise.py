@@ -1,0 +1,366 @@
+"""Temporally consistent diffusion noise: GP noise warped by flows, and warped white noise.
+
+This module owns the initial noise of a video sampler, nothing else:
+
+* Gaussian-process noise (Warped Diffusion, arXiv 2410.16152). A GP sample with
+  squared-exponential kernel k(d) = exp(-|d|^2 / (2 eps^2)) is drawn once as J random
+  Fourier features, xi(x) = sqrt(2/J) sum_j w_j cos(<z_j, x> + b_j). Because xi is a
+  function of continuous coordinates, "warping" the noise of a frame is exact: the next
+  frame's noise is the same function evaluated at coordinates carried along the flow
+  (`warp_coords`), never an interpolation of noise values.
+* A Gaussian-preserving warp of i.i.d. pixel noise (`warp_white_noise`) for models that
+  were not fine-tuned on GP noise, in the manner of integral noise warping
+  ("How I Warped Your Noise") / Go-with-the-Flow: every output pixel is exactly N(0, 1).
+
+Units: coordinates, flows and `length_scale` are in PIXELS of the grid the noise is
+evaluated on; pixel (row i, column j) has coordinate (x, y) = (j, i). Flows are
+(B, 2, H, W), channel 0 = x, channel 1 = y, and are BACKWARD flows f_{t->t-1}: pixel p of
+frame t shows the point p + f(p) of frame t-1.
+
+Determinism: all randomness comes from a CPU torch.Generator and is moved to the
+target device afterwards, so a seed gives identical results on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tensors import as_batch, check_same_size, to_like
+
+__all__ = [
+    "GPFeatures",
+    "gp_features",
+    "pixel_grid",
+    "gp_noise",
+    "warp_coords",
+    "warped_gp_noise",
+    "white_noise",
+    "warp_white_noise",
+]
+
+# Elements (pixels x channels x features) of one phase block in gp_noise: 2**22 float64
+# values = 32 MiB, so memory stays bounded whatever the resolution or J.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_positive(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {type(value).__name__}") from None
+    if not value > 0 or math.isnan(value):
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    return value
+
+
+def _cpu_generator(generator) -> torch.Generator:
+    """A CPU generator from a torch.Generator or an int seed."""
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != "cpu":
+            raise ValueError(f"generator: must be a CPU generator (got {generator.device}); "
+                             "draw on the CPU so results agree across devices")
+        return generator
+    seed = _check_int(generator, "generator", minimum=0)
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _backward_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Bilinear backward warp with border padding: out(p) = x(p + flow(p)).
+
+    x: (B, C, H, W); flow: (B, 2, H, W) in pixels, same dtype and device as x.
+    """
+    _, _, h, w = x.shape
+    ys = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
+    # align_corners=True: pixel centres 0 and W-1 are the normalised -1 and +1. A size of
+    # one maps every coordinate onto its only pixel, so any normalised value will do.
+    gx = (xs + flow[:, 0]) * (2.0 / (w - 1)) - 1.0 if w > 1 else torch.zeros_like(flow[:, 0])
+    gy = (ys + flow[:, 1]) * (2.0 / (h - 1)) - 1.0 if h > 1 else torch.zeros_like(flow[:, 1])
+    grid = torch.stack((gx, gy), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+# ------------------------------------------------------------------- GP noise (RFF)
+
+
+@dataclass(frozen=True)
+class GPFeatures:
+    """Random Fourier features of one GP sample per channel (float64, CPU).
+
+    z: (C, J, 2) frequencies in radians per pixel, (x, y) order.
+    b: (C, J) phases in [0, 2 pi).
+    w: (C, J) N(0, 1) weights.
+    length_scale, max_frequency: what the features were drawn with (for the record).
+    """
+
+    z: torch.Tensor
+    b: torch.Tensor
+    w: torch.Tensor
+    length_scale: float
+    max_frequency: float
+
+    @property
+    def channels(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.z.shape[1]
+
+
+def gp_features(
+    seed: int,
+    channels: int,
+    num_features: int = 3000,
+    length_scale: float = 0.64,
+    max_frequency: float | None = None,
+) -> GPFeatures:
+    """Draw the random Fourier features of a squared-exponential GP, independent per channel.
+
+    z_j ~ N(0, eps^-2 I) truncated to |z_j| <= max_frequency, b_j ~ U(0, 2 pi), w_j ~ N(0, 1).
+
+    max_frequency (radians per pixel): None means min(2 / eps, pi). pi is the Nyquist
+    frequency of a unit pixel grid: higher frequencies alias when the noise is sampled at
+    pixels. 2 / eps is the paper's rule; with its eps = 0.004977 on [0, 1]^2 for a 128-pixel
+    latent (eps = 0.637 px) the two coincide (2 / eps = 3.140). Truncation does not
+    change the marginal variance (always 1) but does slightly change the covariance: at
+    |z| <= 2 / eps it drops exp(-2) = 13.5% of the spectral mass. Pass float("inf") for the
+    untruncated, exact squared-exponential kernel.
+
+    Truncation is sampled exactly by inverting the CDF of the radius (a Rayleigh law cut at
+    max_frequency) with a uniform angle; the same law as resampling any |z_j| too large,
+    but a single fixed number of draws, so the result depends on the seed alone.
+    """
+    seed = _check_int(seed, "seed", minimum=0)
+    channels = _check_int(channels, "channels", minimum=1)
+    num_features = _check_int(num_features, "num_features", minimum=1)
+    length_scale = _check_positive(length_scale, "length_scale")
+    if max_frequency is None:
+        max_frequency = min(2.0 / length_scale, math.pi)
+    max_frequency = _check_positive(max_frequency, "max_frequency")
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (channels, num_features)
+    f64 = torch.float64
+    u_radius = torch.rand(shape, generator=g, dtype=f64)
+    angle = torch.rand(shape, generator=g, dtype=f64) * (2.0 * math.pi)
+    b = torch.rand(shape, generator=g, dtype=f64) * (2.0 * math.pi)
+    w = torch.randn(shape, generator=g, dtype=f64)
+
+    # |z| for z ~ N(0, s^2 I) in 2-D is Rayleigh: P(|z| <= r) = 1 - exp(-r^2 / (2 s^2)).
+    # Inverse CDF restricted to [0, max_frequency]; expm1/log1p keep it exact for small mass.
+    sigma = 1.0 / length_scale
+    mass = -math.expm1(-0.5 * (max_frequency / sigma) ** 2)  # P(|z| <= max_frequency)
+    radius = sigma * torch.sqrt(-2.0 * torch.log1p(-u_radius * mass))
+    z = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1)
+    return GPFeatures(z=z, b=b, w=w, length_scale=length_scale, max_frequency=max_frequency)
+
+
+def pixel_grid(
+    height: int,
+    width: int,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Identity coordinates (batch, 2, height, width): channel 0 = x = column, 1 = y = row.
+
+    float64 by default: coordinates are chained over many frames, and float32 loses
+    sub-pixel precision at large values.
+    """
+    height = _check_int(height, "height", minimum=1)
+    width = _check_int(width, "width", minimum=1)
+    batch = _check_int(batch, "batch", minimum=1)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device),
+        torch.arange(width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    return torch.stack((xs, ys)).unsqueeze(0).expand(batch, 2, height, width).contiguous()
+
+
+def gp_noise(features: GPFeatures, coords):
+    """Evaluate the GP sample `features` at coordinates (B, 2, H, W) -> (B, C, H, W) float32.
+
+    Every batch item is the same GP sample (same features) at its own coordinates.
+    Phases are computed in float64 (cos of a large phase needs the digits), in chunks of
+    pixels so the (pixels x J) phase block stays bounded. Accepts numpy coords (returns
+    numpy).
+    """
+    if not isinstance(features, GPFeatures):
+        raise ValueError(f"features: expected GPFeatures, got {type(features).__name__}")
+    like = coords
+    coords = as_batch(coords, "coords", channels=2)
+    bsz, _, h, w = coords.shape
+    device = coords.device
+    z = features.z.to(device=device, dtype=torch.float64).transpose(1, 2)  # (C, 2, J)
+    b = features.b.to(device=device, dtype=torch.float64).unsqueeze(1)  # (C, 1, J)
+    wt = features.w.to(device=device, dtype=torch.float64).unsqueeze(-1)  # (C, J, 1)
+    c, _, j = z.shape
+
+    pts = coords.to(torch.float64).permute(0, 2, 3, 1).reshape(-1, 2)  # (P, 2)
+    out = torch.empty(c, pts.shape[0], dtype=torch.float64, device=device)
+    step = max(1, _CHUNK_ELEMENTS // (c * j))
+    for start in range(0, pts.shape[0], step):
+        phase = torch.matmul(pts[start:start + step], z)  # (C, p, J)
+        phase.add_(b).cos_()
+        out[:, start:start + step] = torch.bmm(phase, wt).squeeze(-1)
+    out.mul_(math.sqrt(2.0 / j))
+    out = out.view(c, bsz, h, w).transpose(0, 1).to(torch.float32)
+    return to_like(out, like)
+
+
+def warp_coords(coords, flow):
+    """Carry coordinates one frame along a backward flow: coords_t(p) = coords_{t-1}(p + f(p)).
+
+    coords: (B, 2, H, W) GP coordinates of frame t-1 (the identity grid for frame 0).
+    flow:   (B, 2, H, W) backward flow f_{t->t-1} in pixels.
+    Returns (B, 2, H, W) in float64.
+
+    Sampling coords_{t-1} directly would clamp at the border (wrong: a point outside the
+    frame has coordinates outside the grid). Instead only the displacement
+    D = coords_{t-1} - grid is sampled (border-padded) and the sample point is added back:
+    coords_t = grid + f + warp(D, f). This is exact everywhere for chains of translations
+    (D constant) and inside the frame for any affine chain (D linear, bilinear is exact).
+    """
+    like = coords
+    coords = as_batch(coords, "coords", channels=2).to(torch.float64)
+    flow = as_batch(flow, "flow", channels=2).to(device=coords.device, dtype=torch.float64)
+    check_same_size(coords=coords, flow=flow)
+    _, _, h, w = coords.shape
+    grid = pixel_grid(h, w, dtype=torch.float64, device=coords.device)
+    out = grid + flow + _backward_warp(coords - grid, flow)
+    return to_like(out, like)
+
+
+def warped_gp_noise(features: GPFeatures, backward_flows, height: int, width: int):
+    """GP noise for a clip: (T, C, H, W) float32 from T-1 backward flows (T-1, 2, H, W).
+
+    backward_flows[t-1] is f_{t->t-1}. Frame 0 is the GP on the identity grid; frame t is
+    the same GP at coordinates chained through the flows (exact, no noise interpolation).
+    """
+    height = _check_int(height, "height", minimum=1)
+    width = _check_int(width, "width", minimum=1)
+    like = backward_flows
+    flows = as_batch(backward_flows, "backward_flows", channels=2)
+    if flows.shape[-2:] != (height, width):
+        raise ValueError(f"backward_flows: spatial size {tuple(flows.shape[-2:])} does not "
+                         f"match (height, width) = {(height, width)}")
+    coords = pixel_grid(height, width, device=flows.device)
+    frames = [gp_noise(features, coords)]
+    for t in range(flows.shape[0]):
+        coords = warp_coords(coords, flows[t:t + 1])
+        frames.append(gp_noise(features, coords))
+    out = torch.cat(frames)
+    return out.cpu().numpy() if isinstance(like, np.ndarray) else out
+
+
+# ------------------------------------------------------- Gaussian-preserving white noise
+
+
+def white_noise(seed: int, shape, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """I.i.d. N(0, 1) noise of `shape`, deterministic from the int `seed` on every device."""
+    seed = _check_int(seed, "seed", minimum=0)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"shape: expected a sequence of ints, got {shape!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape: every dimension must be >= 1, got {shape}")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype).to(device)
+
+
+def warp_white_noise(noise, flow, generator, subdivisions: int = 4):
+    """Warp i.i.d. N(0, 1) noise along a backward flow, keeping every pixel exactly N(0, 1).
+
+    noise: (B, C, H, W) i.i.d. N(0, 1) noise of frame t-1.
+    flow:  (B, 2, H, W) backward flow f_{t->t-1} in pixels.
+    generator: CPU torch.Generator (or int seed) for the fresh randomness.
+    subdivisions: k; each pixel is split into k x k sub-pixels.
+    Returns (B, C, H, W) noise for frame t, same dtype/device as `noise`.
+
+    A discrete version of integral noise warping:
+    (a) Conditional upsampling: source pixel n -> sub-pixels s_i = n/k + (e_i - mean e),
+        e_i i.i.d. N(0, 1). Jointly the s_i are i.i.d. N(0, 1) and sum(s)/k = n exactly,
+        so the sub-pixel field is white noise consistent with the given frame.
+    (b) Each target pixel's k x k sub-pixel centres q are moved to q + f(q) (f bilinear
+        at q) and pick the nearest source sub-pixel; points outside the frame get fresh
+        N(0, 1) sub-pixels (a distinct one per target sub-pixel).
+    (c) target = (sum of the k^2 hits) / sqrt(sum_j m_j^2), m_j the multiplicity of each
+        distinct source sub-pixel hit, so Var = 1 exactly even where the flow compresses
+        or magnifies. Targets that hit disjoint sub-pixel sets are exactly independent
+        (translations, rotations, magnification up to k).
+    A target pixel that hits exactly the k^2 sub-pixels of one source pixel returns that
+    source value itself (no rounding), so integer translations are exact shifts.
+    Accepts numpy noise/flow (returns numpy).
+    """
+    like = noise
+    noise = as_batch(noise, "noise")
+    flow = as_batch(flow, "flow", channels=2).to(device=noise.device)
+    check_same_size(noise=noise, flow=flow)
+    k = _check_int(subdivisions, "subdivisions", minimum=1)
+    gen = _cpu_generator(generator)
+    bsz, c, h, w = noise.shape
+    dev, dtype = noise.device, noise.dtype
+    kh, kw = k * h, k * w
+
+    # (a) conditional upsampling, (B, C, kH, kW). Randomness drawn on the CPU at a fixed
+    # shape, then moved, so the result does not depend on the device or on the flow.
+    e = torch.randn((bsz, c, h, w, k, k), generator=gen, dtype=dtype).to(dev)
+    fresh = torch.randn((bsz, c, kh * kw), generator=gen, dtype=dtype).to(dev)
+    e = e - e.mean(dim=(-2, -1), keepdim=True)
+    sub = noise[..., None, None] / k + e  # (B, C, H, W, k, k)
+    sub = sub.permute(0, 1, 2, 4, 3, 5).reshape(bsz, c, kh * kw)
+
+    # (b) where each target sub-pixel lands, in source sub-pixel indices. Sub-pixel i of
+    # pixel p has centre p + (i + 0.5)/k - 0.5, exactly the sample points of a
+    # half-pixel-aligned bilinear upsampling by k.
+    flow64 = flow.to(torch.float64)
+    flow_up = F.interpolate(flow64, size=(kh, kw), mode="bilinear", align_corners=False)
+    cy = (torch.arange(kh, dtype=torch.float64, device=dev) + 0.5) / k - 0.5
+    cx = (torch.arange(kw, dtype=torch.float64, device=dev) + 0.5) / k - 0.5
+    ix = torch.floor((cx.view(1, 1, kw) + flow_up[:, 0] + 0.5) * k)
+    iy = torch.floor((cy.view(1, kh, 1) + flow_up[:, 1] + 0.5) * k)
+    inside = (ix >= 0) & (ix < kw) & (iy >= 0) & (iy < kh)  # (B, kH, kW)
+    src = (iy.clamp(0, kh - 1) * kw + ix.clamp(0, kw - 1)).long()
+    # Out-of-frame hits are made unique (fresh noise, never shared): ids past the canvas.
+    own = torch.arange(kh * kw, device=dev).view(1, kh, kw)
+    ids = torch.where(inside, src, kh * kw + own)
+
+    hits = torch.gather(sub, 2, src.view(bsz, 1, -1).expand(bsz, c, -1))
+    hits = torch.where(inside.view(bsz, 1, -1), hits, fresh)
+    total = hits.view(bsz, c, h, k, w, k).sum(dim=(3, 5))
+
+    # (c) sum_j m_j^2 = number of ordered pairs of a target's sub-pixels with the same id.
+    ids_px = ids.view(bsz, h, k, w, k).permute(0, 1, 3, 2, 4).reshape(bsz, h, w, k * k)
+    sq = (ids_px.unsqueeze(-1) == ids_px.unsqueeze(-2)).sum(dim=(-2, -1))  # (B, H, W)
+    out = total / torch.sqrt(sq.to(dtype)).unsqueeze(1)
+
+    # Exact pass-through where a target hits all k^2 sub-pixels of one source pixel
+    # (all in one source pixel and all distinct), instead of n up to rounding.
+    spix = torch.where(inside, (iy // k) * w + (ix // k), -1.0).long()
+    spix = spix.view(bsz, h, k, w, k).permute(0, 1, 3, 2, 4).reshape(bsz, h, w, k * k)
+    whole = (spix[..., :1] >= 0) & (spix == spix[..., :1]).all(-1, keepdim=True)
+    whole = whole.squeeze(-1) & (sq == k * k)
+    first = spix[..., 0].clamp(min=0).view(bsz, 1, -1).expand(bsz, c, -1)
+    same = torch.gather(noise.reshape(bsz, c, -1), 2, first).view(bsz, c, h, w)
+    out = torch.where(whole.unsqueeze(1), same, out)
+    return to_like(out, like)

@@ -1,0 +1,341 @@
+"""Tests for raywarp.flow on real photographs with exactly known motion."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from raywarp import flow
+from raywarp.metrics import epe
+
+ASTRONAUT = data.astronaut().astype(np.float32) / 255  # (512, 512, 3)
+COFFEE = data.coffee().astype(np.float32) / 255  # (400, 600, 3)
+# A textured crop origin (face and hair): flow is well defined everywhere.
+Y0, X0 = 40, 160
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) numpy -> (1, 3, H, W) torch."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+
+
+def shifted_pair(dx: int, dy: int, h: int = 96, w: int = 128, img=ASTRONAUT, y0=Y0, x0=X0):
+    """Two crops where the content moves by (dx, dy): b(p + d) = a(p), so flow a->b = d."""
+    a = img[y0 : y0 + h, x0 : x0 + w]
+    b = img[y0 - dy : y0 - dy + h, x0 - dx : x0 - dx + w]
+    return _t(a), _t(b)
+
+
+def const_flow(dx: float, dy: float, h: int, w: int, b: int = 1) -> torch.Tensor:
+    f = torch.zeros(b, 2, h, w)
+    f[:, 0], f[:, 1] = dx, dy
+    return f
+
+
+def interior(x: torch.Tensor, m: int = 8) -> torch.Tensor:
+    return x[..., m:-m, m:-m]
+
+
+# --------------------------------------------------------------------------
+# estimate
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+@pytest.mark.parametrize("d", [(3, -2), (-5, 4), (1, 1)])
+def test_estimate_recovers_translation(method, d):
+    a, b = shifted_pair(*d)
+    f = flow.estimate(a, b, method=method)
+    assert f.shape == (1, 2, 96, 128) and f.dtype == torch.float32
+    gt = const_flow(*d, 96, 128)
+    assert float(epe(interior(f), interior(gt))) < 0.5
+
+
+@pytest.mark.parametrize("preset,tol", [("ultrafast", 1.0), ("fast", 0.5), ("medium", 0.25)])
+def test_dis_presets_recover_translation_on_coffee(preset, tol):
+    # Faster presets stop at a coarser scale, hence the looser bounds.
+    a, b = shifted_pair(3, -2, img=COFFEE, y0=120, x0=200)
+    f = flow.estimate(a, b, method="dis", preset=preset)
+    assert float(epe(interior(f, 16), interior(const_flow(3, -2, 96, 128), 16))) < tol
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+@pytest.mark.parametrize("angle,scale,shift", [(0.0, 1.0, (0.5, 0.25)), (1.0, 1.02, (1.5, -0.75))])
+def test_estimate_recovers_subpixel_affine_motion(method, angle, scale, shift):
+    # b = a moved by an affine map q = A p, so the true flow is A p - p.
+    h, w = 96, 128
+    cx, cy = X0 + w / 2, Y0 + h / 2
+    A = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+    A[:, 2] += shift
+    moved = cv2.warpAffine(ASTRONAUT, A, ASTRONAUT.shape[1::-1], flags=cv2.INTER_CUBIC)
+    a = _t(ASTRONAUT[Y0 : Y0 + h, X0 : X0 + w])
+    b = _t(np.clip(moved[Y0 : Y0 + h, X0 : X0 + w], 0, 1))
+    ys, xs = np.mgrid[Y0 : Y0 + h, X0 : X0 + w].astype(np.float64)
+    gt = np.stack([A[0, 0] * xs + A[0, 1] * ys + A[0, 2] - xs, A[1, 0] * xs + A[1, 1] * ys + A[1, 2] - ys])
+    gt = torch.from_numpy(gt[None]).float()
+    f = flow.estimate(a, b, method=method)
+    assert float(epe(interior(f), interior(gt))) < 0.3
+
+
+def test_estimate_batch_items_are_independent():
+    a1, b1 = shifted_pair(3, -2)
+    a2, b2 = shifted_pair(-2, 1)
+    f = flow.estimate(torch.cat([a1, a2]), torch.cat([b1, b2]))
+    assert f.shape == (2, 2, 96, 128)
+    assert float(epe(interior(f[:1]), interior(const_flow(3, -2, 96, 128)))) < 0.5
+    assert float(epe(interior(f[1:]), interior(const_flow(-2, 1, 96, 128)))) < 0.5
+
+
+def test_estimate_numpy_in_numpy_out():
+    a, b = shifted_pair(2, 1)
+    f = flow.estimate(a[0].numpy(), b[0].numpy())
+    assert isinstance(f, np.ndarray) and f.shape == (2, 96, 128)
+    assert float((interior(torch.from_numpy(f)) - torch.tensor([2.0, 1.0]).view(2, 1, 1)).abs().mean()) < 0.5
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_estimate_odd_size(method):
+    a, b = shifted_pair(1, 1, h=37, w=53)
+    f = flow.estimate(a, b, method=method)
+    assert f.shape == (1, 2, 37, 53)
+    assert float(epe(interior(f, 6), interior(const_flow(1, 1, 37, 53), 6))) < 0.5
+
+
+def test_raft_without_weights_raises_clear_error():
+    a, b = shifted_pair(1, 1, h=32, w=32)
+    with pytest.raises(ValueError, match="weights"):
+        flow.estimate(a, b, method="raft")
+
+
+def test_raft_missing_weights_file_raises(tmp_path):
+    a, b = shifted_pair(1, 1, h=32, w=32)
+    with pytest.raises(FileNotFoundError, match="weights"):
+        flow.estimate(a, b, method="raft", weights=tmp_path / "missing.pth")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision installed")
+def test_raft_without_torchvision_raises_clear_error(tmp_path):
+    a, b = shifted_pair(1, 1, h=32, w=32)
+    weights = tmp_path / "raft_large.pth"
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(ImportError, match="torchvision"):
+        flow.estimate(a, b, method="raft", weights=weights)
+
+
+def test_raft_path_with_stub_torchvision(tmp_path, monkeypatch):
+    # No torchvision here: a stub raft_large checks what estimate feeds it
+    # (inputs in [-1, 1], sizes padded to multiples of 8, weights loaded) and
+    # returns a flow that encodes the pixel position, so the crop is checked.
+    import sys
+    import types
+
+    seen = {}
+
+    class StubRaft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, i1, i2):
+            seen["shape"], seen["range"] = tuple(i1.shape), (float(i1.min()), float(i2.max()))
+            n, _, h, w = i1.shape
+            ys, xs = torch.meshgrid(torch.arange(h * 1.0), torch.arange(w * 1.0), indexing="ij")
+            return [torch.zeros(n, 2, h, w), self.scale * torch.stack([xs, ys]).expand(n, -1, -1, -1)]
+
+    mod = types.ModuleType("torchvision.models.optical_flow")
+    mod.raft_large = lambda weights=None, progress=True: StubRaft()
+    for name in ("torchvision", "torchvision.models"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchvision.models.optical_flow", mod)
+    weights = tmp_path / "raft_large.pth"
+    torch.save({"scale": torch.tensor(2.0)}, weights)
+    flow._raft_model.cache_clear()
+    try:
+        a, b = shifted_pair(1, 1, h=37, w=53)
+        f = flow.estimate(a, b, method="raft", weights=weights)
+    finally:
+        flow._raft_model.cache_clear()
+    assert seen["shape"] == (1, 3, 40, 56)
+    assert -1 <= seen["range"][0] and seen["range"][1] <= 1
+    assert f.shape == (1, 2, 37, 53)
+    assert float(f[0, 0, 5, 52]) == 104.0 and float(f[0, 1, 36, 0]) == 72.0
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda a, b: flow.estimate(a[:, :1], b[:, :1]), r"^a: expected 3 channels"),
+        (lambda a, b: flow.estimate(a, b[..., :-1]), r"^b: shape"),
+        (lambda a, b: flow.estimate(a, torch.cat([b, b])), r"^b: shape"),
+        (lambda a, b: flow.estimate(a, b.clone().index_fill_(2, torch.tensor([3]), float("nan"))), r"^b: .*NaN"),
+        (lambda a, b: flow.estimate(a * 255, b * 255), r"^a: expected RGB values in \[0, 1\]"),
+        (lambda a, b: flow.estimate(a, b, method="lucas"), r"^method: .*dis, farneback, raft"),
+        (lambda a, b: flow.estimate(a, b, preset="slow"), r"^preset: .*ultrafast, fast, medium"),
+        (lambda a, b: flow.estimate(a[..., :8, :8], b[..., :8, :8]), r"^a: DIS needs"),
+    ],
+)
+def test_estimate_bad_input_raises_value_error(make, match):
+    a, b = shifted_pair(1, 1, h=32, w=32)
+    with pytest.raises(ValueError, match=match):
+        make(a, b)
+
+
+# --------------------------------------------------------------------------
+# warp
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64)])
+@pytest.mark.parametrize("d", [(2, -3), (-1, 0), (0, 4)])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_warp_integer_flow_equals_roll_in_interior(size, d, padding_mode):
+    h, w = size
+    x = _t(ASTRONAUT[100 : 100 + h, 200 : 200 + w])
+    dx, dy = d
+    out = flow.warp(x, const_flow(dx, dy, h, w), padding_mode=padding_mode)
+    # out(p) = x(p + d)  <=>  out = roll(x, -d)
+    ref = torch.roll(x, shifts=(-dy, -dx), dims=(2, 3))
+    ys = slice(max(0, -dy), h - max(0, dy))
+    xs = slice(max(0, -dx), w - max(0, dx))
+    torch.testing.assert_close(out[..., ys, xs], ref[..., ys, xs], atol=1e-5, rtol=0)
+
+
+def test_warp_zero_flow_is_identity_and_any_channels():
+    x = torch.rand(2, 5, 37, 53)
+    torch.testing.assert_close(flow.warp(x, torch.zeros(2, 2, 37, 53)), x, atol=1e-5, rtol=0)
+
+
+def test_warp_half_pixel_is_bilinear_average():
+    x = _t(COFFEE[100:131, 200:241])
+    out = flow.warp(x, const_flow(0.5, 0, 31, 41))
+    ref = 0.5 * (x[..., :-1] + x[..., 1:])
+    torch.testing.assert_close(out[..., :-1], ref, atol=1e-5, rtol=0)
+
+
+def test_warp_padding_modes_outside_frame():
+    x = _t(ASTRONAUT[:20, :30])
+    f = const_flow(3, 0, 20, 30)
+    zeros = flow.warp(x, f, padding_mode="zeros")
+    border = flow.warp(x, f, padding_mode="border")
+    # columns 27..29 sample at x >= 30 > W - 1 (1e-5: float32 rounding of the grid)
+    torch.testing.assert_close(zeros[..., -3:], torch.zeros(1, 3, 20, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(border[..., -3:], x[..., -1:].expand(-1, -1, -1, 3), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="^padding_mode"):
+        flow.warp(x, f, padding_mode="wrap")
+
+
+def test_warp_is_differentiable_in_image_and_flow():
+    x = _t(ASTRONAUT[Y0 : Y0 + 33, X0 : X0 + 47]).clone().requires_grad_(True)
+    f = const_flow(0.3, -0.6, 33, 47).requires_grad_(True)
+    out = flow.warp(x, f)
+    (out - 0.5).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert f.grad is not None and f.grad.abs().sum() > 0 and torch.isfinite(f.grad).all()
+
+
+def test_warp_numpy_and_bad_input():
+    x = ASTRONAUT[:16, :24].transpose(2, 0, 1).copy()
+    out = flow.warp(x, np.zeros((2, 16, 24), np.float32))
+    assert isinstance(out, np.ndarray) and out.shape == (3, 16, 24)
+    np.testing.assert_allclose(out, x, atol=1e-5)
+    nan_flow = torch.zeros(1, 2, 16, 24)
+    nan_flow[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="^flow: .*NaN"):
+        flow.warp(torch.from_numpy(x)[None], nan_flow)
+    with pytest.raises(ValueError, match="^flow: shape"):
+        flow.warp(torch.from_numpy(x)[None], torch.zeros(1, 2, 16, 25))
+    with pytest.raises(ValueError, match="^flow: expected 2 channels"):
+        flow.warp(torch.from_numpy(x)[None], torch.zeros(1, 3, 16, 24))
+
+
+# --------------------------------------------------------------------------
+# in_frame, compose
+
+
+def test_in_frame_marks_band_leaving_the_image():
+    m = flow.in_frame(const_flow(3, -2, 37, 53))
+    assert m.shape == (1, 1, 37, 53)
+    expected = torch.ones(37, 53)
+    expected[:, -3:] = 0  # x + 3 > 52
+    expected[:2, :] = 0  # y - 2 < 0
+    assert torch.equal(m[0, 0], expected)
+    assert torch.all(flow.in_frame(const_flow(0.0, 0.0, 5, 7)) == 1)
+
+
+def test_compose_of_translations_is_their_sum():
+    f01, f12 = const_flow(2, -1, 37, 53), const_flow(-0.5, 3, 37, 53)
+    torch.testing.assert_close(flow.compose(f01, f12), f01 + f12)
+
+
+def test_compose_reads_second_flow_at_displaced_position():
+    # f12 varies with x; f02(p) = f01(p) + f12(p + f01(p)).
+    h, w = 21, 33
+    f01 = const_flow(3, 0, h, w)
+    f12 = torch.zeros(1, 2, h, w)
+    f12[:, 1] = torch.arange(w, dtype=torch.float32) * 0.1
+    out = flow.compose(f01, f12)
+    torch.testing.assert_close(out[0, 1, :, :-3], 0.1 * (torch.arange(w - 3) + 3.0).expand(h, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, 0], f01[:, 0])
+
+
+def test_compose_chains_estimated_flows():
+    a, b = shifted_pair(2, -1)
+    _, c = shifted_pair(3, 1)  # c is a moved by (3, 1): b -> c moves by (1, 2)
+    f02 = flow.compose(flow.estimate(a, b), flow.estimate(b, c))
+    assert float(epe(interior(f02, 12), interior(const_flow(3, 1, 96, 128), 12))) < 0.5
+
+
+# --------------------------------------------------------------------------
+# masks
+
+
+def test_consistency_mask_marks_occlusion_and_out_of_frame():
+    # Camera pans right by 2 px; a square in frame 0 at rows 10:20, cols 10:20
+    # moves right by 6 px, covering background in frame 1.
+    h, w = 37, 53
+    fwd = const_flow(2, 0, h, w)
+    fwd[:, 0, 10:20, 10:20] = 6
+    bwd = const_flow(-2, 0, h, w)
+    bwd[:, 0, 10:20, 16:26] = -6
+    m = flow.consistency_mask(fwd, bwd)
+    assert m.shape == (1, 1, h, w) and m.dtype == torch.float32
+    expected = torch.ones(h, w)
+    expected[:, -2:] = 0  # leaves the image
+    expected[10:20, 20:24] = 0  # background hidden behind the square in frame 1
+    assert torch.equal(m[0, 0], expected)
+
+
+def test_consistency_mask_on_estimated_flows():
+    a, b = shifted_pair(3, 0)
+    m = flow.consistency_mask(flow.estimate(a, b), flow.estimate(b, a))
+    assert torch.all(m[..., -3:] == 0)
+    assert float(m[..., :-8].mean()) > 0.95
+
+
+def test_consistency_mask_bad_input():
+    with pytest.raises(ValueError, match="^bwd: shape"):
+        flow.consistency_mask(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 9))
+    with pytest.raises(ValueError, match="^fwd: expected 2 channels"):
+        flow.consistency_mask(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2, 8, 8))
+
+
+def test_motion_boundary_fires_at_discontinuity_only():
+    h, w = 37, 53
+    f = const_flow(1.0, 0.5, h, w)
+    f[:, 0, :, 20:] = 4.0
+    mb = flow.motion_boundary(f)
+    assert mb.shape == (1, 1, h, w)
+    expected = torch.zeros(h, w)
+    expected[:, 19] = 1  # forward difference between columns 19 and 20
+    assert torch.equal(mb[0, 0], expected)
+
+
+def test_motion_boundary_silent_on_constant_and_smooth_flow():
+    assert torch.all(flow.motion_boundary(const_flow(7.0, -3.0, 37, 53)) == 0)
+    # A slow zoom: gradient 0.02 px/px is below 0.01 |w|^2 + 0.002 everywhere.
+    ys, xs = torch.meshgrid(torch.arange(37.0), torch.arange(53.0), indexing="ij")
+    zoom = 0.02 * torch.stack([xs - 26, ys - 18])[None]
+    assert torch.all(flow.motion_boundary(zoom) == 0)

@@ -1,0 +1,340 @@
+"""Tests for raywarp.noise: GP noise by random Fourier features and white-noise warping.
+
+Statistical tests use fixed seeds (so they are deterministic) and tolerances of about
+4 standard errors, where the standard error is measured across independent realizations
+(seeds x channels), so it includes both feature sampling and spatial averaging error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raywarp import noise as N
+from raywarp.noise import (
+    GPFeatures,
+    gp_features,
+    gp_noise,
+    pixel_grid,
+    warp_coords,
+    warp_white_noise,
+    warped_gp_noise,
+    white_noise,
+)
+
+
+def const_flow(h, w, dx, dy, batch=1):
+    f = torch.zeros(batch, 2, h, w)
+    f[:, 0], f[:, 1] = dx, dy
+    return f
+
+
+def affine_flow(h, w, matrix, batch=1):
+    """Backward flow of p -> c + A (p - c) (source point for target pixel p), c the centre."""
+    g = pixel_grid(h, w).float()
+    c = torch.tensor([(w - 1) / 2, (h - 1) / 2]).view(1, 2, 1, 1)
+    a = torch.tensor(matrix, dtype=torch.float32)
+    rel = g - c
+    src = torch.einsum("ij,bjhw->bihw", a, rel) + c
+    return (src - g).expand(batch, 2, h, w).contiguous()
+
+
+def rotation_flow(h, w, degrees, batch=1):
+    t = math.radians(degrees)
+    return affine_flow(h, w, [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], batch)
+
+
+def zoom_flow(h, w, scale, batch=1):
+    """scale < 1 magnifies frame t-1 (target pixels share source pixels); > 1 compresses."""
+    return affine_flow(h, w, [[scale, 0.0], [0.0, scale]], batch)
+
+
+def lag_cov(x, d):
+    """Mean of x(p) x(p + d) over horizontal and vertical lags d; x (..., H, W)."""
+    h, w = x.shape[-2:]
+    a = (x[..., :, : w - d] * x[..., :, d:]).mean((-2, -1))
+    b = (x[..., : h - d, :] * x[..., d:, :]).mean((-2, -1))
+    return (a + b) / 2
+
+
+def truncated_se_kernel(d, eps, cutoff):
+    """Isotropic SE kernel whose spectrum N(0, eps^-2 I) is cut at |z| <= cutoff.
+
+    k(d) = E[cos(<z, d>)] = E[J0(|z| |d|)], |z| Rayleigh(1/eps) restricted to [0, cutoff].
+    """
+    s = 1.0 / eps
+    r = torch.linspace(0, cutoff, 20001, dtype=torch.float64)
+    pdf = r / s**2 * torch.exp(-(r**2) / (2 * s**2))
+    num = torch.trapezoid(torch.special.bessel_j0(r * d) * pdf, r)
+    return float(num / torch.trapezoid(pdf, r))
+
+
+# ----------------------------------------------------------------------------- GP
+
+
+def test_gp_mean_and_variance():
+    # 16 seeds x 4 channels = 64 realizations of the GP on a 32x32 grid (paper eps).
+    means, variances = [], []
+    for seed in range(16):
+        x = gp_noise(gp_features(seed, 4), pixel_grid(32, 32))[0].double()
+        means.append(x.mean((-2, -1)))
+        variances.append((x**2).mean((-2, -1)))
+    means, variances = torch.cat(means), torch.cat(variances)
+    n = len(means)
+    se_mean = means.std() / math.sqrt(n)
+    se_var = variances.std() / math.sqrt(n)
+    assert abs(means.mean()) < 4 * se_mean
+    assert abs(variances.mean() - 1) < 4 * se_var
+    assert se_var < 0.05  # the test has power: variance known to a few percent
+
+
+@pytest.mark.parametrize("max_frequency", [float("inf"), None])
+def test_gp_covariance_matches_kernel(max_frequency):
+    # eps = 2 px so the lags 0..3 span the kernel. Correlation r(d) = cov(d) / cov(0) per
+    # realization cancels most of the sum-of-w^2 fluctuation; the variance itself is
+    # tested above. 6 seeds x 4 channels = 24 realizations; SE measured across them.
+    eps, size = 2.0, 64
+    corr = []
+    for seed in range(6):
+        f = gp_features(100 + seed, 4, num_features=3000, length_scale=eps,
+                        max_frequency=max_frequency)
+        x = gp_noise(f, pixel_grid(size, size))[0].double()
+        cov = torch.stack([lag_cov(x, d) for d in range(4)], dim=1)
+        corr.append(cov / cov[:, :1])
+    corr = torch.cat(corr)
+    est, se = corr.mean(0), corr.std(0) / math.sqrt(len(corr))
+    for d in range(1, 4):
+        if max_frequency is None:  # default cap min(2/eps, pi) = 1 rad/px: truncated SE
+            assert f.max_frequency == pytest.approx(1.0)
+            expected = truncated_se_kernel(d, eps, f.max_frequency)
+        else:
+            expected = math.exp(-(d**2) / (2 * eps**2))
+        # 4 SE, plus 2e-3 for the small bias of a ratio estimator over a finite grid.
+        assert abs(est[d] - expected) < 4 * se[d] + 2e-3, (d, est[d], expected, se[d])
+        assert se[d] < 0.01
+
+
+def test_default_cutoff_is_nyquist_for_paper_scale():
+    # paper eps = 0.004977 * 128 = 0.637 px: 2 / eps = 3.14 ~ pi (Nyquist)
+    f = gp_features(0, 1, length_scale=0.004977 * 128)
+    assert f.max_frequency == pytest.approx(math.pi, rel=5e-3)
+    f = gp_features(0, 1, length_scale=0.5)  # 2 / eps = 4 > pi: Nyquist cap applies
+    assert f.max_frequency == pytest.approx(math.pi)
+    assert f.z.norm(dim=-1).max() <= math.pi
+    f = gp_features(0, 1, length_scale=4.0)
+    assert f.max_frequency == pytest.approx(0.5)
+    assert f.z.norm(dim=-1).max() <= 0.5
+    f = gp_features(0, 1, length_scale=4.0, max_frequency=float("inf"))
+    assert f.z.norm(dim=-1).max() > 0.5
+
+
+def test_gp_integer_translation_equivariance():
+    f = gp_features(3, 2)
+    h, w, dx, dy = 37, 53, 5, -3
+    g = pixel_grid(h, w)
+    base = gp_noise(f, g)
+    shift = torch.tensor([dx, dy], dtype=torch.float64).view(1, 2, 1, 1)
+    moved = gp_noise(f, g + shift)
+    # moved[y, x] = xi(x + dx, y + dy) = base[y + dy, x + dx]
+    torch.testing.assert_close(moved[..., 3:, : w - 5], base[..., : h - 3, 5:], atol=1e-5, rtol=0)
+
+
+def test_gp_matches_direct_formula_at_shifted_coordinates():
+    f = gp_features(5, 3, num_features=500)
+    coords = pixel_grid(9, 11) + torch.tensor([0.37, -12.81], dtype=torch.float64).view(1, 2, 1, 1)
+    coords = coords + 1e4  # far from the origin: phases need float64
+    got = gp_noise(f, coords)
+    pts = coords[0].reshape(2, -1).T  # (P, 2)
+    phase = torch.einsum("pk,cjk->cpj", pts, f.z) + f.b[:, None, :]
+    ref = math.sqrt(2 / 500) * (torch.cos(phase) * f.w[:, None, :]).sum(-1)
+    torch.testing.assert_close(got[0], ref.view(3, 9, 11).float(), atol=1e-5, rtol=0)
+
+
+def test_gp_chunking_and_layout_do_not_change_values(monkeypatch):
+    f = gp_features(7, 2, num_features=300)
+    coords = pixel_grid(13, 17, batch=2) + torch.randn(2, 2, 13, 17, dtype=torch.float64)
+    full = gp_noise(f, coords)
+    monkeypatch.setattr(N, "_CHUNK_ELEMENTS", 2 * 300 * 7)  # 7 pixels per chunk
+    torch.testing.assert_close(gp_noise(f, coords), full, atol=1e-6, rtol=0)
+    flat = coords.permute(1, 0, 2, 3).reshape(1, 2, 1, -1)
+    torch.testing.assert_close(gp_noise(f, flat).view(2, 2, 13, 17).transpose(0, 1), full,
+                               atol=1e-6, rtol=0)
+    out_np = gp_noise(f, coords.numpy())
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (2, 2, 13, 17)
+
+
+def test_warped_gp_integer_translation_is_a_shift():
+    f = gp_features(11, 4)
+    h, w, dx, dy, T = 37, 53, 2, 1, 3
+    flows = const_flow(h, w, dx, dy, batch=T - 1)
+    clip = warped_gp_noise(f, flows, h, w)
+    assert clip.shape == (T, 4, h, w) and clip.dtype == torch.float32
+    for t in range(1, T):
+        # frame t pixel p came from p + t d in frame 0
+        torch.testing.assert_close(clip[t, :, : h - t * dy, : w - t * dx],
+                                   clip[0, :, t * dy:, t * dx:], atol=1e-5, rtol=0)
+
+
+def test_warped_gp_fractional_translation_is_exact_everywhere():
+    # Constant displacement: coordinates are exact beyond the frame too (no border clamp).
+    f = gp_features(12, 1)
+    h, w, d = 20, 24, torch.tensor([0.3, -1.7])
+    clip = warped_gp_noise(f, const_flow(h, w, *d.tolist(), batch=3), h, w)
+    g = pixel_grid(h, w)
+    for t in range(4):
+        ref = gp_noise(f, g + t * d.double().view(1, 2, 1, 1))
+        torch.testing.assert_close(clip[t : t + 1], ref, atol=1e-5, rtol=0)
+
+
+def test_warp_coords_chains_affine_flows_inside_the_frame():
+    h = w = 41
+    flow = rotation_flow(h, w, 5.0)
+    c1 = warp_coords(pixel_grid(h, w), flow)
+    torch.testing.assert_close(c1, pixel_grid(h, w) + flow.double(), atol=1e-6, rtol=0)
+    c2 = warp_coords(c1, flow)
+    ref = pixel_grid(h, w) + rotation_flow(h, w, 10.0).double()
+    inner = slice(12, 29)  # points whose intermediate position stays inside the frame
+    torch.testing.assert_close(c2[..., inner, inner], ref[..., inner, inner], atol=1e-4, rtol=0)
+
+
+def test_gp_determinism():
+    g = pixel_grid(16, 16)
+    a = gp_noise(gp_features(1, 4), g)
+    b = gp_noise(gp_features(1, 4), g)
+    c = gp_noise(gp_features(2, 4), g)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 0.5
+    # channels are independent samples, not copies
+    assert (a[:, 0] - a[:, 1]).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_gp_any_channels_odd_resolution(channels):
+    f = gp_features(0, channels)
+    assert isinstance(f, GPFeatures) and f.channels == channels and f.num_features == 3000
+    x = gp_noise(f, pixel_grid(37, 53, batch=2))
+    assert x.shape == (2, channels, 37, 53) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+    assert torch.equal(x[0], x[1])
+
+
+def test_gp_bad_input():
+    f = gp_features(0, 2, num_features=10)
+    with pytest.raises(ValueError, match="length_scale"):
+        gp_features(0, 2, length_scale=0.0)
+    with pytest.raises(ValueError, match="length_scale"):
+        gp_features(0, 2, length_scale=-1.0)
+    with pytest.raises(ValueError, match="num_features"):
+        gp_features(0, 2, num_features=0)
+    with pytest.raises(ValueError, match="channels"):
+        gp_features(0, 0)
+    with pytest.raises(ValueError, match="seed"):
+        gp_features(1.5, 2)
+    with pytest.raises(ValueError, match="max_frequency"):
+        gp_features(0, 2, max_frequency=0.0)
+    with pytest.raises(ValueError, match="coords"):
+        gp_noise(f, torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="features"):
+        gp_noise("not features", pixel_grid(4, 4))
+    with pytest.raises(ValueError, match="flow"):
+        warp_coords(pixel_grid(4, 4), torch.zeros(1, 3, 4, 4))
+    nan_flow = torch.zeros(1, 2, 4, 4)
+    nan_flow[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="flow"):
+        warp_coords(pixel_grid(4, 4), nan_flow)
+    with pytest.raises(ValueError, match="backward_flows"):
+        warped_gp_noise(f, torch.zeros(2, 3, 4, 4), 4, 4)
+    with pytest.raises(ValueError, match="backward_flows"):
+        warped_gp_noise(f, nan_flow, 4, 4)
+    with pytest.raises(ValueError, match="backward_flows"):
+        warped_gp_noise(f, torch.zeros(2, 2, 4, 5), 4, 4)
+
+
+# --------------------------------------------------------------------- white noise
+
+
+def warp_stats_per_block(flow_fn, batch=128, size=40, block=8, seed=0):
+    """Per-pixel mean/variance over `batch` x 2 channels of independent samples, pooled in
+    blocks of block x block pixels, so border and interior regions are checked separately."""
+    x = white_noise(seed, (batch, 2, size, size))
+    y = warp_white_noise(x, flow_fn(size, size, batch=batch), torch.Generator().manual_seed(seed))
+    y = y.double()
+    nb = size // block
+    blocks = y.view(batch, 2, nb, block, nb, block).permute(2, 4, 0, 1, 3, 5).reshape(nb, nb, -1)
+    return y, blocks.mean(-1), (blocks**2).mean(-1), blocks.shape[-1]
+
+
+@pytest.mark.parametrize(
+    "name,flow_fn",
+    [
+        ("fractional translation", lambda h, w, batch: const_flow(h, w, 0.37, -2.61, batch)),
+        ("rotation 17 deg", lambda h, w, batch: rotation_flow(h, w, 17.0, batch)),
+        ("zoom in x2 (magnify)", lambda h, w, batch: zoom_flow(h, w, 0.5, batch)),
+        ("zoom out x2 (compress)", lambda h, w, batch: zoom_flow(h, w, 2.0, batch)),
+    ],
+)
+def test_white_warp_is_standard_normal_per_pixel(name, flow_fn):
+    # Each 8x8 block holds 64 px x 256 samples = n = 16384 values; SE of the mean is
+    # 1/sqrt(n) = 0.008 and of the second moment sqrt(2/n) = 0.011 for independent values.
+    # 6 SE per block (25 blocks); neighbours may be weakly correlated, which the margin
+    # covers (observed: |mean| < 0.02, second moment within 1 +- 0.035).
+    _, mean, var, n = warp_stats_per_block(flow_fn)
+    assert mean.abs().max() < 6 / math.sqrt(n), (name, mean)
+    assert (var - 1).abs().max() < 6 * math.sqrt(2 / n), (name, var)
+    assert abs(var.mean() - 1) < 6 * math.sqrt(2 / (n * var.numel())), (name, var.mean())
+
+
+def test_white_warp_fractional_translation_neighbours_uncorrelated():
+    x = white_noise(1, (4, 4, 64, 64))
+    y = warp_white_noise(x, const_flow(64, 64, 0.37, -0.81, batch=4), torch.Generator().manual_seed(1))
+    y = y.double()
+    r_h = (y[..., :, :-1] * y[..., :, 1:]).mean() / (y**2).mean()
+    r_v = (y[..., :-1, :] * y[..., 1:, :]).mean() / (y**2).mean()
+    assert abs(r_h) < 0.05 and abs(r_v) < 0.05
+    # and not a copy of the input: fresh randomness blends in
+    assert (y - x.double()).abs().mean() > 0.1
+
+
+def test_white_warp_integer_translation_is_exact_shift():
+    x = white_noise(2, (2, 3, 30, 40))
+    dx, dy = 3, -2
+    y = warp_white_noise(x, const_flow(30, 40, dx, dy, batch=2), torch.Generator().manual_seed(0))
+    # y[y0, x0] = x[y0 + dy, x0 + dx] wherever that is in frame: bit-exact
+    assert torch.equal(y[..., 2:, : 40 - 3], x[..., : 30 - 2, 3:])
+    # identity flow returns the input unchanged
+    assert torch.equal(warp_white_noise(x, torch.zeros(2, 2, 30, 40), 0), x)
+
+
+def test_white_warp_determinism_and_numpy():
+    x = white_noise(3, (1, 4, 17, 23))
+    assert torch.equal(x, white_noise(3, (1, 4, 17, 23)))
+    assert not torch.equal(x, white_noise(4, (1, 4, 17, 23)))
+    flow = rotation_flow(17, 23, 9.0)
+    a = warp_white_noise(x, flow, torch.Generator().manual_seed(5))
+    b = warp_white_noise(x, flow, 5)
+    c = warp_white_noise(x, flow, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    y = warp_white_noise(x[0].numpy(), flow[0].numpy(), 5)
+    assert isinstance(y, np.ndarray) and y.shape == (4, 17, 23)
+    np.testing.assert_array_equal(y, a[0].numpy())
+
+
+def test_white_warp_bad_input():
+    x = white_noise(0, (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="flow"):
+        warp_white_noise(x, torch.zeros(1, 3, 8, 8), 0)
+    nan_flow = torch.zeros(1, 2, 8, 8)
+    nan_flow[0, 1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="flow"):
+        warp_white_noise(x, nan_flow, 0)
+    with pytest.raises(ValueError, match="flow"):
+        warp_white_noise(x, torch.zeros(1, 2, 8, 9), 0)
+    with pytest.raises(ValueError, match="subdivisions"):
+        warp_white_noise(x, torch.zeros(1, 2, 8, 8), 0, subdivisions=0)
+    with pytest.raises(ValueError, match="generator"):
+        warp_white_noise(x, torch.zeros(1, 2, 8, 8), "seed")
+    with pytest.raises(ValueError, match="shape"):
+        white_noise(0, (1, 0, 4))
