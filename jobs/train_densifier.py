@@ -48,6 +48,7 @@ def train_loop_per_worker(config: dict) -> None:
         if it % 100 == 0 or it == cfg.iterations:
             metrics = {"iteration": it, "epe": float(np.mean(window)), "seconds": time.time() - started}
             window = []
+            print(f"iteration {it}: training EPE {metrics['epe']:.4f} ({metrics['seconds']:.0f} s)", flush=True)
             if it == cfg.iterations and ctx.get_world_rank() == 0:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_densifier(model, Path(tmp) / "densifier.safetensors")

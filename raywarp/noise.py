@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tensors import as_batch, check_same_size, to_like
+from raywarp.flow import warp
+from raywarp.tensors import as_batch, check_same_size, to_like
 
 __all__ = [
     "GPFeatures",
@@ -78,22 +79,6 @@ def _cpu_generator(generator) -> torch.Generator:
         return generator
     seed = _check_int(generator, "generator", minimum=0)
     return torch.Generator(device="cpu").manual_seed(seed)
-
-
-def _backward_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Bilinear backward warp with border padding: out(p) = x(p + flow(p)).
-
-    x: (B, C, H, W); flow: (B, 2, H, W) in pixels, same dtype and device as x.
-    """
-    _, _, h, w = x.shape
-    ys = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
-    # align_corners=True: pixel centres 0 and W-1 are the normalised -1 and +1. A size of
-    # one maps every coordinate onto its only pixel, so any normalised value will do.
-    gx = (xs + flow[:, 0]) * (2.0 / (w - 1)) - 1.0 if w > 1 else torch.zeros_like(flow[:, 0])
-    gy = (ys + flow[:, 1]) * (2.0 / (h - 1)) - 1.0 if h > 1 else torch.zeros_like(flow[:, 1])
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 # ------------------------------------------------------------------- GP noise (RFF)
@@ -245,7 +230,7 @@ def warp_coords(coords, flow):
     check_same_size(coords=coords, flow=flow)
     _, _, h, w = coords.shape
     grid = pixel_grid(h, w, dtype=torch.float64, device=coords.device)
-    out = grid + flow + _backward_warp(coords - grid, flow)
+    out = grid + flow + warp(coords - grid, flow, padding_mode="border")
     return to_like(out, like)
 
 

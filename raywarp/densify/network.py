@@ -6,9 +6,12 @@ predicts, per pixel and per pyramid level, the parameters of the diffusion tenso
 (`solver.py`) does the inpainting. Its decoder has one head per level, so each
 level of the coarse-to-fine solver gets a tensor at its own resolution.
 
-Input: reference image (3), known-mask (1) and the known flow scaled by 1/8 (2)
-(seeing where flow is known and how it varies lets the network place flow edges,
-not just image edges). The heads predict corrections to the EED tensor of the
+Input: reference image (3), known-mask (1) and the known flow, normalised per
+sample by its mean and spread over the known pixels (2). Seeing where flow is known
+and how it varies lets the network place flow edges, not just image edges; the
+normalisation keeps the tensors (and so the linear solver's output) equivariant to
+the flow's offset and scale, so training on small synthetic motions carries over to
+large real ones. The heads predict corrections to the EED tensor of the
 level's image (direction, z₁ = sqrt(s)/λ, α) and start at zero, so training starts
 from the EED solution; this matters on a CPU budget, and where μ = 1/(1 + z²) would
 otherwise start at z = 0, a saddle with zero gradient.
@@ -32,7 +35,7 @@ from raywarp.densify.solver import TensorField, downsample
 from raywarp.densify.tensor_field import EED_ALPHA, EED_CONTRAST, EED_SIGMA, dominant_structure, tensor_from_parts
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "densifier.safetensors"
-FLOW_INPUT_SCALE = 1 / 8
+MIN_FLOW_SPREAD = 0.1  # px: below this, flow variation is noise, not structure
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class DensifierUNet(nn.Module):
         return len(self.config.widths)
 
     def forward(self, image: torch.Tensor, known: torch.Tensor, flow: torch.Tensor) -> list[TensorField]:
-        x = torch.cat([image, known, known * flow * FLOW_INPUT_SCALE], 1)
+        x = torch.cat([image, known, known * normalise_flow(flow, known)], 1)
         skips = []
         for i, enc in enumerate(self.encoders):
             if i > 0:
@@ -105,6 +108,15 @@ class DensifierUNet(nn.Module):
         prior = (cfg.alpha_prior - cfg.alpha_min) / (cfg.alpha_max - cfg.alpha_min)
         alpha = cfg.alpha_min + (cfg.alpha_max - cfg.alpha_min) * torch.sigmoid(out[:, 4:5] + math.log(prior / (1 - prior)))
         return tensor_from_parts(v, mu1, mu2, alpha)
+
+
+def normalise_flow(flow: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(flow − mean) / spread over known pixels, per batch item; (B,2,H,W) → (B,2,H,W)."""
+    count = known.sum((1, 2, 3), keepdim=True).clamp_min(1)
+    mean = (flow * known).sum((2, 3), keepdim=True) / count
+    centred = (flow - mean) * known
+    spread = (centred.square().sum((1, 2, 3), keepdim=True) / (2 * count)).sqrt()
+    return centred / spread.clamp_min(MIN_FLOW_SPREAD)
 
 
 def save_densifier(model: DensifierUNet, path: str | Path, extra: dict | None = None) -> None:

@@ -1,0 +1,169 @@
+"""The warped sampler with tiny diffusers models: equivariance, anchors, determinism, bad input."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from raywarp import inverse, metrics, noise, synthetic
+from raywarp.models import Denoiser, PixelDenoiser, load_denoiser, tiny_latent_pipeline, tiny_pixel_unet
+from raywarp.sampler import SamplerConfig, chain_coords, sample_clip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a busy 2-core machine run far faster single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    return PixelDenoiser(tiny_pixel_unet(conditional=True), sched.alphas_cumprod, "epsilon")
+
+
+def video_and_flows(frames=4, size=(32, 32), velocity=(4.0, 0.0), origin=(200.0, 150.0)):
+    video, fwd = synthetic.translate_video("astronaut", frames, size, velocity, origin=origin)
+    bwd = -torch.tensor(velocity).view(1, 2, 1, 1).expand(frames - 1, 2, *size).clone()
+    return video, fwd, bwd
+
+
+def test_deterministic_and_seeded(denoiser):
+    video, fwd, bwd = video_and_flows()
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    cfg = SamplerConfig(mode="warped", steps=3, batch_size=2)
+    a = sample_clip(denoiser, op, y, fwd, bwd, seed=7, config=cfg)
+    b = sample_clip(denoiser, op, y, fwd, bwd, seed=7, config=cfg)
+    c = sample_clip(denoiser, op, y, fwd, bwd, seed=8, config=cfg)
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+    assert a.frames.shape == video.shape and a.start_trajectory.shape == (3, 3, 32, 32)
+
+
+def test_outputs_agree_with_the_measurements(denoiser):
+    video, fwd, bwd = video_and_flows()
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    out = sample_clip(denoiser, op, y, fwd, bwd, seed=0, config=SamplerConfig(mode="gp-warp", steps=3)).frames
+    assert op.measurement_error(out, y) < 2e-3  # to within the final clamp to [0, 1]
+
+
+def test_frame_batches_do_not_change_the_result(denoiser):
+    # Streaming frames through the denoiser in smaller batches must not change the answer.
+    video, fwd, bwd = video_and_flows(frames=5)
+    op = inverse.SuperResolution(4, "area")
+    y = op.forward(video)
+    big = sample_clip(denoiser, op, y, fwd, bwd, seed=1, config=SamplerConfig(steps=3, batch_size=8))
+    small = sample_clip(denoiser, op, y, fwd, bwd, seed=1, config=SamplerConfig(steps=3, batch_size=2))
+    torch.testing.assert_close(big.frames, small.frames, atol=1e-4, rtol=0)
+
+
+class ConvDenoiser(Denoiser):
+    """A translation-equivariant denoiser: three plain convolutions (no normalisation, no
+    attention, both of which mix the whole frame), so any loss of equivariance is the
+    sampler's own."""
+
+    space, channels, scale_factor, multiple, conditional = "pixel", 3, 1, 1, True
+
+    def __init__(self):
+        sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        super().__init__(sched.alphas_cumprod, "epsilon", "cpu", torch.float32)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(9, 16, 3, padding=1), torch.nn.Tanh(),
+                                       torch.nn.Conv2d(16, 3, 3, padding=1))
+
+    def encode(self, images):
+        return images * 2 - 1
+
+    def decode(self, u):
+        return ((u + 1) / 2).clamp(0, 1)
+
+    def condition(self, y, info):
+        return info["baseline"] * 2 - 1
+
+    def _network(self, u, t, cond):
+        return self.net(torch.cat([u, cond, u * (t / 1000)], 1))
+
+
+@pytest.mark.parametrize("mode, tolerance", [("gp-warp", 1e-5), ("warped", 1e-2)])
+def test_equivariant_under_integer_shifts(mode, tolerance):
+    # The same scene seen 8 px further right: the restored video is the same, shifted,
+    # away from the borders. gp-warp is exact; warped is exact but for its per-frame
+    # step normalisation, a sum over the whole frame that the borders enter.
+    den = ConvDenoiser()
+    shift = 8
+    video, fwd, bwd = video_and_flows(frames=3, size=(96, 96))
+    moved, _, _ = video_and_flows(frames=3, size=(96, 96), origin=(200.0 - shift, 150.0))
+    assert torch.equal(moved[..., shift:], video[..., :-shift])
+    op = inverse.SuperResolution(4, "area")
+    cfg = SamplerConfig(mode=mode, steps=3, guidance=0.5)
+    grid = noise.pixel_grid(96, 96)
+    out = sample_clip(den, op, op.forward(video), fwd, bwd, 3, cfg, noise_coords=chain_coords(bwd.double(), 96, 96, grid))
+    start = grid - torch.tensor([shift, 0.0], dtype=grid.dtype).view(1, 2, 1, 1)
+    out_moved = sample_clip(den, op, op.forward(moved), fwd, bwd, 3, cfg,
+                            noise_coords=chain_coords(bwd.double(), 96, 96, start))
+    c = slice(40, 56)
+    diff = (out_moved.frames[..., c, c] - out.frames[..., c, slice(40 - shift, 56 - shift)]).abs().max()
+    assert diff < tolerance
+    unshifted_noise = sample_clip(den, op, op.forward(moved), fwd, bwd, 3, cfg).frames
+    assert (unshifted_noise[..., c, c] - out.frames[..., c, slice(40 - shift, 56 - shift)]).abs().max() > 10 * tolerance
+
+
+def test_warped_mode_is_temporally_consistent(denoiser):
+    video, fwd, bwd = video_and_flows(frames=4)
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    errors = {}
+    for mode in ("independent", "gp-warp", "warped"):
+        out = sample_clip(denoiser, op, y, fwd, bwd, 0, SamplerConfig(mode=mode, steps=4, guidance=1.0)).frames
+        errors[mode] = float(metrics.warping_error(out, fwd, bwd))
+    assert errors["gp-warp"] < errors["independent"]
+    assert errors["warped"] < errors["gp-warp"]
+
+
+def test_anchors_are_honoured(denoiser):
+    video, fwd, bwd = video_and_flows(frames=4)
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    cfg = SamplerConfig(mode="warped", steps=3)
+    # Anchors from a neighbouring clip: its end frame is our start frame.
+    left = sample_clip(denoiser, op, y[:2], fwd[:1], bwd[:1], 0, cfg)
+    right = sample_clip(denoiser, op, y[2:], fwd[2:], bwd[2:], 0, cfg)
+    mine = sample_clip(denoiser, op, y[1:3], fwd[1:2], bwd[1:2], 0, cfg,
+                       frame_index=[1, 2], start_anchor=left.end_trajectory, end_anchor=right.start_trajectory)
+    torch.testing.assert_close(mine.start_trajectory, left.end_trajectory)
+    torch.testing.assert_close(mine.end_trajectory, right.start_trajectory)
+    torch.testing.assert_close(mine.frames[0], left.frames[-1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mine.frames[1], right.frames[0], atol=1e-6, rtol=0)
+
+
+def test_latent_models_sample(tmp_path):
+    den = load_denoiser(str(tiny_latent_pipeline("sd", tmp_path / "sd")))
+    video, fwd, bwd = video_and_flows(frames=3, size=(32, 32))
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    out = sample_clip(den, op, y, fwd, bwd, 0, SamplerConfig(mode="warped", steps=2))
+    assert out.frames.shape == video.shape and torch.isfinite(out.frames).all()
+    assert out.start_trajectory.shape[1:] == (den.channels, 32 // den.scale_factor, 32 // den.scale_factor)
+    assert op.measurement_error(out.frames, y) < 2e-3
+
+
+def test_bad_input_is_named(denoiser):
+    video, fwd, bwd = video_and_flows(frames=3)
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    with pytest.raises(ValueError, match="flows_fwd"):
+        sample_clip(denoiser, op, y, fwd[:1], bwd, 0)
+    with pytest.raises(ValueError, match="empty|observations"):
+        sample_clip(denoiser, op, y[:0], fwd[:0], bwd[:0], 0)
+    with pytest.raises(ValueError, match="observations"):
+        sample_clip(denoiser, op, y * float("nan"), fwd, bwd, 0)
+    with pytest.raises(ValueError, match="flows_fwd"):  # flows at LR size: wrong scale
+        sample_clip(denoiser, op, y, fwd[..., :8, :8], bwd[..., :8, :8], 0)
+    with pytest.raises(ValueError, match="mode"):
+        SamplerConfig(mode="magic")
+    with pytest.raises(ValueError, match="anchor"):
+        sample_clip(denoiser, op, y, fwd, bwd, 0, SamplerConfig(steps=2), start_anchor=torch.zeros(3, 3, 32, 32))
