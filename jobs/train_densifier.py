@@ -13,48 +13,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
+from raywarp import ray_train
 from raywarp.densify.network import DEFAULT_WEIGHTS, DensifierUNet, load_densifier, save_densifier
 from raywarp.densify.training import TrainConfig, train_steps, training_batch
 
 
 def train_loop_per_worker(config: dict) -> None:
     cfg = TrainConfig(**config)
-    ctx = ray.train.get_context()
     torch.manual_seed(cfg.seed)  # same initial weights on every worker
     model = DensifierUNet()
-    net = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
+    net = ray_train.prepare(model)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.iterations)))
-    rng = np.random.default_rng([cfg.seed, ctx.get_world_rank()])
+    schedule = ray_train.cosine_schedule(optimiser, cfg.iterations)
+    rng = ray_train.worker_rng(cfg.seed)
     device = ray.train.torch.get_device()
-    window, started = [], time.time()
+    progress = ray_train.Progress(cfg.iterations, "epe", lambda d: save_densifier(model, d / "densifier.safetensors"))
     for it in range(1, cfg.iterations + 1):
         batch = {k: v.to(device) for k, v in training_batch(rng, cfg.batch, cfg.size).items()}
-        window.append(train_steps(net, optimiser, batch, cfg.steps))
+        progress.add(it, train_steps(net, optimiser, batch, cfg.steps))
         schedule.step()
-        if it % 100 == 0 or it == cfg.iterations:
-            metrics = {"iteration": it, "epe": float(np.mean(window)), "seconds": time.time() - started}
-            window = []
-            print(f"iteration {it}: training EPE {metrics['epe']:.4f} ({metrics['seconds']:.0f} s)", flush=True)
-            if it == cfg.iterations and ctx.get_world_rank() == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_densifier(model, Path(tmp) / "densifier.safetensors")
-                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
 
 
 def main(argv=None) -> int:
@@ -65,25 +49,12 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=defaults.size, help="square crop size in pixels")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cpus-per-worker", type=float, default=2, help="torch threads follow this")
-    p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    p.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "raywarp-train"), help="Ray Train storage path")
-    p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
+    ray_train.add_cluster_args(p)
     args = p.parse_args(argv)
 
     cfg = dataclasses.replace(defaults, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr, seed=args.seed)
-    ray.init(address=args.address)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=dataclasses.asdict(cfg),
-        scaling_config=ScalingConfig(
-            num_workers=args.workers, use_gpu=args.use_gpu, resources_per_worker={"CPU": args.cpus_per_worker}
-        ),
-        run_config=RunConfig(name="train_densifier", storage_path=args.storage),
-    )
-    result = trainer.fit()
+    result = ray_train.fit(train_loop_per_worker, dataclasses.asdict(cfg), args, "train_densifier")
     with result.checkpoint.as_directory() as ckpt:
         model = load_densifier(Path(ckpt) / "densifier.safetensors")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import ray
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from raywarp import prior
+from raywarp import prior, ray_train
 
 
 def load_unet_and_scheduler(model: str | None):
@@ -48,29 +41,22 @@ def load_unet_and_scheduler(model: str | None):
 
 def train_loop_per_worker(config: dict) -> None:
     cfg = prior.PriorTrainConfig(**config["train"])
-    ctx = ray.train.get_context()
     torch.manual_seed(cfg.seed)
     unet, scheduler = load_unet_and_scheduler(config["model"])
-    net = ray.train.torch.prepare_model(unet) if ctx.get_world_size() > 1 else unet
+    net = ray_train.prepare(unet)
     optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.iterations)))
-    rng = np.random.default_rng([cfg.seed, ctx.get_world_rank()])
+    schedule = ray_train.cosine_schedule(optimiser, cfg.iterations)
+    rng = ray_train.worker_rng(cfg.seed)
     bank = prior.gp_bank(cfg)
-    window, started = [], time.time()
+
+    def save(directory: Path) -> None:
+        unet.save_pretrained(directory, safe_serialization=True)
+        scheduler.save_config(directory)
+
+    progress = ray_train.Progress(cfg.iterations, "loss", save)
     for it in range(1, cfg.iterations + 1):
-        window.append(prior.training_step(net, scheduler, optimiser, rng, bank, cfg))
+        progress.add(it, prior.training_step(net, scheduler, optimiser, rng, bank, cfg))
         schedule.step()
-        if it % 100 == 0 or it == cfg.iterations:
-            metrics = {"iteration": it, "loss": float(np.mean(window)), "seconds": time.time() - started}
-            window = []
-            print(f"iteration {it}: loss {metrics['loss']:.4f} ({metrics['seconds']:.0f} s)", flush=True)
-            if it == cfg.iterations and ctx.get_world_rank() == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    unet.save_pretrained(tmp, safe_serialization=True)
-                    scheduler.save_config(tmp)
-                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
 
 
 def main(argv=None) -> int:
@@ -83,24 +69,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--length-scale", type=float, default=d.length_scale, help="GP ε in pixels")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cpus-per-worker", type=float, default=2)
-    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--bank", type=int, default=d.bank, help="GP noise fields drawn once and cropped")
     p.add_argument("--out", type=Path, default=prior.DEFAULT_DIR)
-    p.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "raywarp-train"))
-    p.add_argument("--address", default=None)
+    ray_train.add_cluster_args(p)
     args = p.parse_args(argv)
     cfg = dataclasses.replace(d, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr,
-                              length_scale=args.length_scale, seed=args.seed)
-    ray.init(address=args.address)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": dataclasses.asdict(cfg), "model": args.model},
-        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.use_gpu,
-                                     resources_per_worker={"CPU": args.cpus_per_worker}),
-        run_config=RunConfig(name="train_prior", storage_path=args.storage),
-    )
-    result = trainer.fit()
+                              length_scale=args.length_scale, seed=args.seed, bank=args.bank)
+    result = ray_train.fit(train_loop_per_worker, {"train": dataclasses.asdict(cfg), "model": args.model}, args, "train_prior")
     from diffusers import DDIMScheduler, UNet2DModel
 
     with result.checkpoint.as_directory() as ckpt:

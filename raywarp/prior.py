@@ -54,6 +54,7 @@ def default_unet():
         block_out_channels=(32, 64, 96), norm_num_groups=8,
         down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        add_attention=False,  # no global attention: resolution-agnostic and shift-equivariant but for GroupNorm
     )
 
 
@@ -153,7 +154,9 @@ def training_step(unet, scheduler, optimiser, rng, bank, cfg: PriorTrainConfig) 
 def save_prior(unet, scheduler, directory: Path, cfg: PriorTrainConfig, notes: str) -> None:
     """A bare diffusers UNet folder (safetensors) + scheduler config + the GP noise parameters."""
     directory.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(directory, safe_serialization=True)
+    # float16 on disk halves the shipped size; loading casts back to the requested dtype.
+    unet.to(torch.float16).save_pretrained(directory, safe_serialization=True)
+    unet.to(torch.float32)
     scheduler.save_config(directory)
     (directory / NOISE_FILE).write_text(json.dumps(
         {"length_scale": cfg.length_scale, "num_features": cfg.num_features, "train_config": asdict(cfg)}, indent=1))

@@ -418,3 +418,36 @@ def affine_video(photo: str, frames: int, size, motion, origin=None, zoom: float
 def translate_video(photo: str, frames: int, size, velocity, origin=None):
     """`affine_video` with content moving by `velocity` (vx, vy) pixels per frame."""
     return affine_video(photo, frames, size, affine_motion(size, shift=velocity), origin)
+
+
+def layered_video(frames: int, size, background: str = "coffee", foreground: str = "rocket",
+                  bg_motion=None, fg_motion=None, radius: float = 0.3):
+    """A disc cut from `foreground` moving with `fg_motion` over `background` moving with
+    `bg_motion` (2x3/3x3 affines per frame, as from `affine_motion`; default: a slow pan
+    and a faster diagonal drift). Occlusions and disocclusions at the disc's edge.
+
+    Returns (video (T,3,H,W), forward flows (T-1,2,H,W) t -> t+1, backward flows
+    (T-1,2,H,W) t+1 -> t), all exact.
+    """
+    h, w = size
+    center = ((w - 1) / 2, (h - 1) / 2)
+    bg_motion = affine_motion(size, shift=(1.0, 0.0)) if bg_motion is None else bg_motion
+    fg_motion = affine_motion(size, shift=(-2.0, 1.0)) if fg_motion is None else fg_motion
+    photos = [load_photo(background), load_photo(foreground)]
+    shape = (center[0], center[1], np.full(_ANGLES.shape, radius * min(h, w)))
+    scene = []
+    for photo, motion, layer_shape in zip(photos, (bg_motion, fg_motion), (None, shape)):
+        m = np.eye(3)
+        m[:2] = np.asarray(motion, np.float64).reshape(-1, 3)[:2]
+        tex = np.array([[1.0, 0, (photo.shape[1] - w) / 2], [0, 1.0, (photo.shape[0] - h) / 2], [0, 0, 1.0]])
+        poses, pose = [], np.eye(3)
+        for _ in range(frames):
+            poses.append(pose)
+            pose = pose @ np.linalg.inv(m)
+        scene.append(_Layer(photo, tex, poses, layer_shape))
+    rendered = [_render(scene, t, size) for t in range(frames)]
+    fwd = [_flow_and_visibility(scene, rendered[t][1], t, t + 1)[0] for t in range(frames - 1)]
+    bwd = [_flow_and_visibility(scene, rendered[t + 1][1], t + 1, t)[0] for t in range(frames - 1)]
+    video = np.stack([img.transpose(2, 0, 1) for img, _ in rendered])
+    empty = np.zeros((0, 2, h, w), np.float32)
+    return _to_torch(video), _to_torch(np.stack(fwd) if fwd else empty), _to_torch(np.stack(bwd) if bwd else empty)
