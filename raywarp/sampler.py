@@ -55,6 +55,7 @@ class SamplerConfig:
     guidance_schedule: str = "constant"  # λ_t over the steps: constant, linear or cosine decay to 0
     consistency: str = "project"
     dps_scale: float = 1.0
+    strength: float = 1.0  # 1: from pure noise; s < 1: from the baseline noised to timestep s·T (SDEdit)
     batch_size: int = 8  # frames per denoiser call
     length_scale: float = 0.64  # GP ε in u-space pixels (paper: 0.64 px on a 128² latent)
     num_features: int = 3000
@@ -68,6 +69,8 @@ class SamplerConfig:
             raise ValueError(f"consistency: choose one of {CONSISTENCY}, got {self.consistency!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength: must lie in (0, 1], got {self.strength}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"guidance: λ must be finite and >= 0, got {self.guidance}")
 
@@ -88,6 +91,14 @@ def guidance_weights(config: SamplerConfig) -> list[float]:
     if config.guidance_schedule == "linear":
         return [config.guidance * (1 - i / n) for i in range(n)]
     return [config.guidance * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+
+
+def start_timesteps(denoiser, config: SamplerConfig) -> torch.Tensor:
+    """`steps` descending timesteps; with strength s < 1 those of a longer schedule below s·T."""
+    if config.strength == 1:
+        return denoiser.timesteps(config.steps)
+    full = denoiser.timesteps(min(denoiser.num_train_timesteps, math.ceil(config.steps / config.strength)))
+    return full[full < config.strength * denoiser.num_train_timesteps][: config.steps]
 
 
 def to_u_grid(flows: torch.Tensor, factor: int) -> torch.Tensor:
@@ -156,17 +167,23 @@ def _self_guidance_energy(x0, idx, x0_all, clip: _Clip) -> torch.Tensor:
     return torch.stack(energies)
 
 
-def gauss_newton_step(energy: torch.Tensor, u: torch.Tensor, retain: bool = False) -> torch.Tensor:
-    """Per-frame step 2 e_j ∇e_j / |∇e_j|² for energies e_j = |r_j|² of residuals r_j(u_j).
+def gauss_newton_step(energy: torch.Tensor, u: torch.Tensor, retain: bool = False, trust: float = 0.1) -> torch.Tensor:
+    """Per-frame step 2 e_j ∇e_j / |∇e_j|² for energies e_j = |r_j|² of residuals r_j(u_j),
+    its RMS capped at `trust` (a trust region).
 
     The paper's update is u ← u − λ∇e; its useful size depends on the denoiser's Jacobian
     J (≈ 1/√ᾱ for ε-models early on, where a raw gradient step explodes). With ∇e = 2Jᵀr,
     this step is the Gauss–Newton step along the gradient: to first order it removes the
-    fraction λ of the inconsistency r whatever the model, noise level or image size.
+    fraction λ of the inconsistency r whatever the model, noise level or image size. Where
+    the prediction barely depends on u (J ≈ 0, e.g. a conditional model at high noise),
+    that step would be unbounded: the trust region keeps it to a small nudge.
     """
     grad = torch.autograd.grad(energy.sum(), u, retain_graph=retain)[0]
-    norm2 = grad.flatten(1).square().sum(1).view(-1, *([1] * (grad.dim() - 1)))
-    return (2 * energy.detach().view_as(norm2) / norm2.clamp_min(1e-12)) * grad
+    shape = (-1, *([1] * (grad.dim() - 1)))
+    norm2 = grad.flatten(1).square().sum(1).view(shape)
+    step = (2 * energy.detach().view_as(norm2) / norm2.clamp_min(1e-12)) * grad
+    rms = step.flatten(1).square().mean(1).sqrt().view(shape)
+    return step * (trust / rms.clamp_min(trust))
 
 
 def check_clip(observations, flows_fwd, flows_bwd):
@@ -220,10 +237,11 @@ def sample_clip(
         )
     h, w, c = height // s, width // s, denoiser.channels
     frame_index = torch.arange(t) if frame_index is None else torch.as_tensor(frame_index)
+    timesteps = start_timesteps(denoiser, config)
     anchors = {0: start_anchor, t - 1: end_anchor}
     for j, a in anchors.items():
-        if a is not None and tuple(a.shape) != (config.steps, c, h, w):
-            raise ValueError(f"anchor for frame {j}: expected shape {(config.steps, c, h, w)}, got {tuple(a.shape)}")
+        if a is not None and tuple(a.shape) != (len(timesteps), c, h, w):
+            raise ValueError(f"anchor for frame {j}: expected shape {(len(timesteps), c, h, w)}, got {tuple(a.shape)}")
     if config.mode in ("gp-warp", "warped") and noise_coords is None:
         noise_coords = chain_coords(to_u_grid(bwd, s).double(), h, w)
 
@@ -232,15 +250,19 @@ def sample_clip(
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,
             "mask": operator.known(y)}
     clip = _Clip(denoiser, fwd, bwd, device) if t > 1 else None
+    spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]
     u = initial_noise(config, (t, c, h, w), seed, frame_index, noise_coords).to(device)
-    timesteps = denoiser.timesteps(config.steps)
     abar = denoiser.alphas_cumprod
+    if config.strength < 1:  # refine the classical restoration instead of starting from noise
+        a0 = float(abar[timesteps[0]])
+        start = torch.cat([denoiser.encode(baseline[a:b]) for a, b in spans])
+        u = math.sqrt(a0) * start + math.sqrt(1 - a0) * u
     lambdas = guidance_weights(config) if config.mode == "warped" and t > 1 else [0.0] * config.steps
+    lambdas = lambdas[: len(timesteps)]
     project_each_step = config.consistency == "project" and denoiser.space == "pixel"
     dps = config.consistency == "dps"
     start_traj, end_traj = [], []
 
-    spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]
     batches = [list(range(a, b)) for a, b in spans]
     ops = [operator.select(a, b) for a, b in spans]  # per-frame masks follow their frames
     conds = [denoiser.condition(y[a:b], {k: (v[a:b] if torch.is_tensor(v) else v) for k, v in info.items()})

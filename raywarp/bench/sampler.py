@@ -88,7 +88,7 @@ def benchmark(args) -> list[dict]:
             rows.append({"scene": scene, "task": task, "mode": "baseline", "s/frame": 0.0,
                          **evaluate(baseline, video, fwd_true, bwd_true, op, y)})
             for mode in MODES:
-                cfg = SamplerConfig(mode=mode, steps=args.steps, guidance=args.guidance,
+                cfg = SamplerConfig(mode=mode, steps=args.steps, guidance=args.guidance, strength=args.strength,
                                     length_scale=gp.get("length_scale", 0.64), batch_size=args.frames)
                 start = time.perf_counter()
                 out = sample_clip(denoiser, op, y, fwd, bwd, seed=args.seed, config=cfg).frames
@@ -124,10 +124,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=1.0, help="1: from noise; < 1: refine the noised baseline")
     p.add_argument("--model", default="default")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    print(f"sampler benchmark: {args.frames} frames at {args.size}², {args.steps} DDIM steps, λ = {args.guidance}, "
+    print(f"sampler benchmark: {args.frames} frames at {args.size}², {args.steps} DDIM steps, λ = {args.guidance}, strength {args.strength}, "
           f"model {args.model}; device: {platform.processor() or 'CPU'}, {torch.get_num_threads()} threads")
     rows = benchmark(args)
     print("\n" + summary(rows))
