@@ -36,7 +36,7 @@ def load_unet_and_scheduler(model: str | None):
         raise ValueError(f"--model: {model} is not a pixel-space UNet2DModel; this job fine-tunes those")
     scheduler = DDIMScheduler(num_train_timesteps=denoiser.num_train_timesteps, prediction_type=denoiser.prediction_type)
     scheduler.alphas_cumprod = denoiser.alphas_cumprod.float()
-    return denoiser.unet.train(), scheduler
+    return denoiser.unet.train().requires_grad_(True), scheduler  # the loader freezes it for inference
 
 
 def train_loop_per_worker(config: dict) -> None:
