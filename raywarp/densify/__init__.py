@@ -28,7 +28,7 @@ DEFAULT_STEPS = (5, 15, 30, 45)  # per level, coarse to fine (the paper's 95 in 
 
 @functools.lru_cache(maxsize=4)
 def _shipped_model(device: str) -> DensifierUNet:
-    return load_densifier(device=device)
+    return load_densifier(device=device).requires_grad_(False)  # inference: no autograd graph
 
 
 def densify(
