@@ -123,7 +123,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=0.1)
     p.add_argument("--strength", type=float, default=1.0, help="1: from noise; < 1: refine the noised baseline")
     p.add_argument("--model", default="default")
     p.add_argument("--seed", type=int, default=0)
