@@ -1,0 +1,37 @@
+"""Shared fixtures: a real S3 server (moto's, on 127.0.0.1) that Ray workers and s3fs reach."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Storage options for fsspec/s3fs pointing at a moto server, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-west-2"}}
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh empty bucket: (bucket name, storage options)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server)
+    name = f"raywarp-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name, create_parents=True, region_name="us-west-2")
+    return name, s3_server
