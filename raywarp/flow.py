@@ -167,12 +167,13 @@ def _coords(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xs + flow[:, 0], ys + flow[:, 1]
 
 
-def warp(x, flow, padding_mode: str = "border"):
-    """Backward bilinear warp: out(p) = x(p + flow(p)).
+def warp(x, flow, padding_mode: str = "border", mode: str = "bilinear"):
+    """Backward warp: out(p) = x(p + flow(p)), interpolated bilinearly or bicubically.
 
     x: (B, C, H, W) any channels; flow: (B, 2, H, W) in pixels.
     padding_mode: "border" (clamp to the edge), "zeros" or "reflection",
         as in torch.nn.functional.grid_sample.
+    mode: "bilinear" or "bicubic" (sharper: bilinear blurs sub-pixel shifts).
     Returns (B, C, H, W) in x's dtype. Differentiable in x and flow. Integer
     flows reproduce a shift (torch.roll) inside the frame, exactly up to the
     float32 rounding of grid_sample's normalised grid, an error of order
@@ -181,6 +182,8 @@ def warp(x, flow, padding_mode: str = "border"):
     """
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode: unknown {padding_mode!r}, expected one of {', '.join(PADDING_MODES)}")
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"mode: unknown interpolation {mode!r}, expected bilinear or bicubic")
     tx = as_batch(x, "x")
     tf = as_batch(flow, "flow", channels=2)
     check_same_size(x=tx, flow=tf)
@@ -192,7 +195,7 @@ def warp(x, flow, padding_mode: str = "border"):
     gx = gx * (2.0 / max(w - 1, 1)) - 1.0
     gy = gy * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack((gx, gy), dim=-1)
-    out = F.grid_sample(tx, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    out = F.grid_sample(tx, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return to_like(out, x)
 
 
@@ -265,3 +268,21 @@ def motion_boundary(flow):
 # Densification lives in its own package (solver, tensors, network); exported here
 # because it is part of the flow API the pipeline calls.
 from raywarp.densify import densify  # noqa: E402,F401
+
+
+def restoration_flows(baseline, observed, method: str = "dis", densify_method: str = "neuroexplicit"):
+    """The dense flows a restoration samples along, from a degraded clip.
+
+    baseline: (T,3,H,W) the classical restoration (bicubic upsampling, harmonic fill) at
+    output size; observed: (T,1,H,W) 1 where the measurement saw the pixel. Flow is
+    estimated on the baseline both ways, and filled by `densify` wherever the
+    forward–backward check fails or the start pixel was not observed (an inpainting hole
+    has no trustworthy motion of its own). Returns (fwd (T−1,2,H,W), bwd (T−1,2,H,W)).
+    """
+    fwd = estimate(baseline[:-1], baseline[1:], method=method)
+    bwd = estimate(baseline[1:], baseline[:-1], method=method)
+    fwd_known = consistency_mask(fwd, bwd) * observed[:-1]
+    bwd_known = consistency_mask(bwd, fwd) * observed[1:]
+    fwd = densify(fwd, fwd_known, baseline[:-1], method=densify_method) if fwd_known.min() < 1 else fwd
+    bwd = densify(bwd, bwd_known, baseline[1:], method=densify_method) if bwd_known.min() < 1 else bwd
+    return fwd, bwd

@@ -415,6 +415,18 @@ def affine_video(photo: str, frames: int, size, motion, origin=None, zoom: float
     return _to_torch(video), _to_torch(flows)
 
 
+
+def affine_backward_flow(motion, size) -> torch.Tensor:
+    """(1,2,H,W) exact flow t+1 → t for a scene moving by the affine `motion` every frame
+    (the inverse of `affine_video`'s forward flows, away from the mirrored border)."""
+    h, w = size
+    m = np.eye(3)
+    m[:2] = np.asarray(motion, np.float64)[:2]
+    inv = np.linalg.inv(m)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    qx, qy = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2], inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
+    return torch.from_numpy(np.stack([qx - x, qy - y])[None].astype(np.float32))
+
 def translate_video(photo: str, frames: int, size, velocity, origin=None):
     """`affine_video` with content moving by `velocity` (vx, vy) pixels per frame."""
     return affine_video(photo, frames, size, affine_motion(size, shift=velocity), origin)

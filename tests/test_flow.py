@@ -191,11 +191,12 @@ def test_estimate_bad_input_raises_value_error(make, match):
 @pytest.mark.parametrize("size", [(37, 53), (64, 64)])
 @pytest.mark.parametrize("d", [(2, -3), (-1, 0), (0, 4)])
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
-def test_warp_integer_flow_equals_roll_in_interior(size, d, padding_mode):
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_warp_integer_flow_equals_roll_in_interior(size, d, padding_mode, mode):
     h, w = size
     x = _t(ASTRONAUT[100 : 100 + h, 200 : 200 + w])
     dx, dy = d
-    out = flow.warp(x, const_flow(dx, dy, h, w), padding_mode=padding_mode)
+    out = flow.warp(x, const_flow(dx, dy, h, w), padding_mode=padding_mode, mode=mode)
     # out(p) = x(p + d)  <=>  out = roll(x, -d)
     ref = torch.roll(x, shifts=(-dy, -dx), dims=(2, 3))
     ys = slice(max(0, -dy), h - max(0, dy))
@@ -213,6 +214,19 @@ def test_warp_half_pixel_is_bilinear_average():
     out = flow.warp(x, const_flow(0.5, 0, 31, 41))
     ref = 0.5 * (x[..., :-1] + x[..., 1:])
     torch.testing.assert_close(out[..., :-1], ref, atol=1e-5, rtol=0)
+
+
+def test_bicubic_warp_keeps_more_detail_than_bilinear():
+    """A half-pixel round trip: bilinear averages neighbours twice, bicubic barely blurs."""
+    x = _t(COFFEE[100:164, 200:264])
+    errors = {}
+    for mode in ("bilinear", "bicubic"):
+        there = flow.warp(x, const_flow(0.5, 0.5, 64, 64), mode=mode)
+        back = flow.warp(there, const_flow(-0.5, -0.5, 64, 64), mode=mode)
+        errors[mode] = float((back - x)[..., 4:-4, 4:-4].abs().mean())
+    assert errors["bicubic"] < 0.8 * errors["bilinear"], errors  # measured: 0.0056 vs 0.0079
+    with pytest.raises(ValueError, match="interpolation"):
+        flow.warp(x, const_flow(0, 0, 64, 64), mode="nearest")
 
 
 def test_warp_padding_modes_outside_frame():

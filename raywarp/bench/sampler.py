@@ -1,12 +1,13 @@
 """Sampler benchmark: temporal consistency and fidelity of each sampling mode.
 
-    python -m raywarp.bench.sampler [--frames 6] [--size 64] [--steps 20] [--model default]
+    python -m raywarp.bench.sampler [--frames 6] [--size 64] [--steps 20] [--model default] [--flow estimated|exact]
 
 Short videos of held-out photographs with known motion (integer translation, rotation,
 zoom, a moving layer over a moving background), restored by SR ×4 (bicubic
 degradation) and inpainting (a static hole). The sampler sees what a user's pipeline
 sees: flow estimated (DIS) on the baseline restoration, unreliable and unobserved flow
-densified (neuroexplicit). Metrics against the ground truth: warping error (Lai et al.,
+densified (neuroexplicit). `--flow exact` hands the sampler the true flow instead, which
+separates what the sampler does from what flow estimation on tiny frames costs. Metrics against the ground truth: warping error (Lai et al.,
 with the exact flow), PSNR, SSIM, measurement error (RMS of A x − y), seconds per frame.
 """
 
@@ -26,17 +27,6 @@ from raywarp.models import load_denoiser
 from raywarp.sampler import MODES, SamplerConfig, sample_clip
 
 
-def affine_backward_flow(motion, size) -> torch.Tensor:
-    """(1,2,H,W) exact flow t+1 → t for a scene moving by the affine `motion` every frame."""
-    h, w = size
-    m = np.eye(3)
-    m[:2] = np.asarray(motion, np.float64)[:2]
-    inv = np.linalg.inv(m)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    qx, qy = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2], inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
-    return torch.from_numpy(np.stack([qx - x, qy - y])[None].astype(np.float32))
-
-
 def scenes(frames: int, size) -> dict[str, tuple]:
     """{name: (video (T,3,H,W), exact forward flows, exact backward flows)} of held-out photographs."""
     out = {}
@@ -46,22 +36,9 @@ def scenes(frames: int, size) -> dict[str, tuple]:
         ("zoom", "coffee", synthetic.affine_motion(size, zoom=1.03)),
     ]:
         video, fwd = synthetic.affine_video(photo, frames, size, motion)
-        out[name] = (video, fwd, affine_backward_flow(motion, size).expand(frames - 1, -1, -1, -1).clone())
+        out[name] = (video, fwd, synthetic.affine_backward_flow(motion, size).expand(frames - 1, -1, -1, -1).clone())
     out["moving layer"] = synthetic.layered_video(frames, size)
     return out
-
-
-def observed_flows(baseline: torch.Tensor, observed: torch.Tensor):
-    """The sampler's flows, as the pipeline makes them: DIS on the baseline restoration,
-    then neuroexplicit densification where the forward–backward check fails or the
-    pixels were not observed."""
-    fwd = rflow.estimate(baseline[:-1], baseline[1:])
-    bwd = rflow.estimate(baseline[1:], baseline[:-1])
-    fwd_known = rflow.consistency_mask(fwd, bwd) * observed[:-1]
-    bwd_known = rflow.consistency_mask(bwd, fwd) * observed[1:]
-    fwd = rflow.densify(fwd, fwd_known, baseline[:-1]) if fwd_known.min() < 1 else fwd
-    bwd = rflow.densify(bwd, bwd_known, baseline[1:]) if bwd_known.min() < 1 else bwd
-    return fwd, bwd
 
 
 def evaluate(frames, video, fwd_true, bwd_true, op, y) -> dict:
@@ -84,7 +61,7 @@ def benchmark(args) -> list[dict]:
         for task, op in [("SR ×4", inverse.SuperResolution(4, "bicubic")), ("inpaint", inverse.Inpainting(observed))]:
             y = op.degrade(video)
             baseline = op.baseline(y)
-            fwd, bwd = observed_flows(baseline, op.known(y))
+            fwd, bwd = rflow.restoration_flows(baseline, op.known(y)) if args.flow == "estimated" else (fwd_true, bwd_true)
             rows.append({"scene": scene, "task": task, "mode": "baseline", "s/frame": 0.0,
                          **evaluate(baseline, video, fwd_true, bwd_true, op, y)})
             for mode in MODES:
@@ -124,11 +101,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=0.1)
-    p.add_argument("--strength", type=float, default=1.0, help="1: from noise; < 1: refine the noised baseline")
+    p.add_argument("--strength", type=float, default=SamplerConfig.strength, help="1: from noise; < 1: refine the noised baseline")
+    p.add_argument("--flow", choices=("estimated", "exact"), default="estimated", help="flow the sampler is given")
     p.add_argument("--model", default="default")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    print(f"sampler benchmark: {args.frames} frames at {args.size}², {args.steps} DDIM steps, λ = {args.guidance}, strength {args.strength}, "
+    print(f"sampler benchmark: {args.frames} frames at {args.size}², {args.steps} DDIM steps, λ = {args.guidance}, strength {args.strength}, {args.flow} flow, "
           f"model {args.model}; device: {platform.processor() or 'CPU'}, {torch.get_num_threads()} threads")
     rows = benchmark(args)
     print("\n" + summary(rows))

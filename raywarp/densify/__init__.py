@@ -27,7 +27,7 @@ DEFAULT_STEPS = (5, 15, 30, 45)  # per level, coarse to fine (the paper's 95 in 
 
 
 @functools.lru_cache(maxsize=4)
-def _shipped_model(device: str) -> DensifierUNet:
+def shipped_model(device: str) -> DensifierUNet:
     return load_densifier(device=device).requires_grad_(False)  # inference: no autograd graph
 
 
@@ -80,7 +80,7 @@ def densify(
     elif method == "eed":
         field_fn = lambda level, img: eed_tensor(img)  # noqa: E731
     else:
-        net = model if model is not None else _shipped_model(str(flow_t.device))
+        net = model if model is not None else shipped_model(str(flow_t.device))
         if len(steps) != net.levels:
             raise ValueError(f"steps: the neuroexplicit network has {net.levels} levels, got {len(steps)} step counts")
         fields = net(image_t, known, flow_t)
