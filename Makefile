@@ -19,7 +19,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m raywarp.demo
+	$(VENV)/bin/raywarp demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -493,6 +493,21 @@ def load_denoiser(name_or_path: str | Path, device="cpu", dtype: torch.dtype = t
     )
 
 
+def geometry(name_or_path: str | Path) -> tuple[int, int]:
+    """(scale_factor, multiple) of a model folder, from its configs alone (no weights).
+
+    The model's u-space is scale_factor times smaller than its images (1 for pixel models,
+    the VAE's factor for latent ones), and image sides must be multiples of
+    scale_factor · multiple. Lets CPU stages plan in u-space without loading the model.
+    """
+    root = _resolve(name_or_path)
+    unet_dir = root / "unet" if (root / "model_index.json").is_file() else root
+    unet = json.loads((unet_dir / "config.json").read_text())
+    vae = root / "vae" / "config.json"
+    scale = 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1) if vae.is_file() else 1
+    return scale, 2 ** (len(unet["block_out_channels"]) - 1)
+
+
 # --------------------------------------------------------------------------- tiny test models
 
 

@@ -1,0 +1,117 @@
+"""`raywarp run | status | demo`: the command line, and the one place flags become a RunConfig.
+
+    raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
+                [--mode warped|gp-warp|independent|fixed] [--clip-len 16] [--overlap 4]
+                [--steps N] [--guidance λ] [--address auto|URL] [--gpus-per-actor F] [--max-actors N]
+    raywarp status DST
+    raywarp demo [--out DIR]
+
+S3 (and S3-compatible stores): credentials and endpoint come from the usual AWS
+variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or from
+--s3-endpoint / --s3-key / --s3-secret; they are passed to every worker explicitly and
+never written to the manifest. Exit status: 0 when every video is done, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from raywarp.pipeline.config import RunConfig
+from raywarp.sampler import MODES, SamplerConfig
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of `raywarp run`, shared with `jobs/restore.py`."""
+    defaults, sampler = RunConfig(), SamplerConfig()
+    p.add_argument("src", help="a video file, a directory, a glob, a list file of URIs, or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="output directory or s3:// prefix (the manifest goes under _raywarp/)")
+    p.add_argument("--task", choices=("sr", "inpaint", "denoise"), default=defaults.task)
+    p.add_argument("--scale", type=int, default=defaults.scale, help="super-resolution factor")
+    p.add_argument("--kernel", choices=("bicubic", "area"), default=defaults.kernel, help="SR degradation the input went through")
+    p.add_argument("--mask", help="inpainting hole: rect:x0,y0,x1,y1 | circle:cx,cy,r | file:PATH | dir:PATH (see raywarp.inverse.parse_mask)")
+    p.add_argument("--model", default=defaults.model, help="'default' (the shipped prior) or a local diffusers folder")
+    p.add_argument("--mode", choices=MODES, default=sampler.mode)
+    p.add_argument("--clip-len", type=int, default=defaults.clip_len)
+    p.add_argument("--overlap", type=int, default=defaults.overlap)
+    p.add_argument("--steps", type=int, default=sampler.steps)
+    p.add_argument("--guidance", type=float, default=sampler.guidance, help="self-guidance strength λ")
+    p.add_argument("--strength", type=float, default=sampler.strength, help="1: sample from noise; < 1: refine the baseline")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
+    p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")
+    p.add_argument("--min-actors", type=int, default=defaults.min_actors)
+    p.add_argument("--max-actors", type=int, default=defaults.max_actors)
+    add_s3_args(p)
+
+
+def add_s3_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3-compatible endpoint URL")
+    p.add_argument("--s3-key", default=os.environ.get("AWS_ACCESS_KEY_ID"))
+    p.add_argument("--s3-secret", default=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    sampler = SamplerConfig(mode=args.mode, steps=args.steps, guidance=args.guidance, strength=args.strength)
+    return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
+                     sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed,
+                     gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors)
+
+
+def storage_options_from_args(args: argparse.Namespace) -> dict | None:
+    """fsspec options for s3:// URIs; None when nothing is set (s3fs then reads the environment)."""
+    opts = {}
+    if args.s3_key or args.s3_secret:
+        opts.update(key=args.s3_key, secret=args.s3_secret)
+    if args.s3_endpoint:
+        opts["client_kwargs"] = {"endpoint_url": args.s3_endpoint}
+    return opts or None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from raywarp.models import ModelNotFoundError, load_denoiser
+    from raywarp.pipeline.manifest import ConfigMismatchError
+    from raywarp.pipeline.run import run
+
+    try:
+        config = config_from_args(args)
+        load_denoiser(config.model)  # fail fast on a bad model, before any cluster work
+        summary = run(args.src, args.out, config, storage_options_from_args(args), address=args.address)
+    except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError) as exc:
+        print(f"raywarp run: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0 if summary.ok else 1
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from raywarp.pipeline.manifest import Manifest, format_status
+
+    manifest = Manifest(args.dst, storage_options_from_args(args))
+    if manifest.run_info() is None:
+        print(f"raywarp status: no raywarp run under {args.dst}", file=sys.stderr)
+        return 2
+    print(format_status(manifest.status()))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo owns its options
+        from raywarp import demo
+
+        return demo.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="raywarp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_args(sub.add_parser("run", help="restore videos (resumable)"))
+    status = sub.add_parser("status", help="progress of a run, from its manifest alone")
+    status.add_argument("dst")
+    add_s3_args(status)
+    sub.add_parser("demo", help="sample videos with known motion through the whole pipeline (raywarp demo --help)")
+    args = parser.parse_args(argv)
+    return run_command(args) if args.command == "run" else status_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

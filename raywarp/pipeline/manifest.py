@@ -1,0 +1,395 @@
+"""The run's bookkeeping: what was planned, what is done, where the results are.
+
+Everything lives under ``DST/_raywarp/`` (DST a local directory or ``s3://bucket/prefix``)
+and goes through fsspec only, so the driver, Ray workers and ``raywarp status DST`` all
+see the same state::
+
+    DST/_raywarp/run.json                 config + config_hash + created_at + attempts (start times)
+    DST/_raywarp/videos.parquet           probe table: one row per source video
+    DST/_raywarp/clips.parquet            plan table: one row per unit of work (id, frames, ...)
+    DST/_raywarp/progress/part-*.parquet  append-only: one row per clip/video attempt
+    DST/_raywarp/payload/<key>.npz        arrays (frames, anchor trajectories)
+
+Commit protocol. S3 has no atomic rename, so nothing is ever moved into place:
+
+1. A unit writes its payload first, to a deterministic key (``payload/<key>.npz`` or the
+   output video). A retry overwrites it with identical bytes, so a half-finished attempt
+   leaves nothing a later one could trip over.
+2. The commit record comes last: a progress row with status 'done' (or 'failed').
+   Progress is append-only: every ``append_progress`` call PUTs one new part file with a
+   unique name; no part file is ever rewritten, so concurrent writers never race.
+3. The state of a unit is its latest progress row (by ``finished_at``). A unit whose
+   payload exists but has no 'done' row is simply redone.
+
+Every file is serialised in memory and written with one PUT (locally: a temp file
+renamed into place), so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+import warnings
+import zipfile
+from datetime import datetime, timezone
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+PROGRESS_SCHEMA = pa.schema([
+    ("id", pa.string()),           # clip id, or video id for kind == 'video'
+    ("video_id", pa.string()),
+    ("uri", pa.string()),          # source video
+    ("kind", pa.string()),         # 'seam' | 'clip' | 'video'
+    ("status", pa.string()),       # 'done' | 'failed'
+    ("attempt", pa.int32()),       # run attempt, from Manifest.start_run
+    ("node", pa.string()),
+    ("frames", pa.int32()),
+    ("started_at", pa.float64()),  # unix seconds
+    ("finished_at", pa.float64()),
+    ("seconds_decode", pa.float64()),
+    ("seconds_flow", pa.float64()),
+    ("seconds_sample", pa.float64()),
+    ("seconds_write", pa.float64()),
+    ("metrics", pa.string()),      # JSON
+    ("error", pa.string()),
+    ("output", pa.string()),       # URI of the payload or the output video
+])
+PROGRESS_REQUIRED = ("id", "kind", "status", "attempt", "finished_at")
+KINDS = ("seam", "clip", "video")
+STATUSES = ("done", "failed")
+TABLES = ("videos", "clips")
+
+# A fixed zip member date keeps npz bytes a function of the arrays alone.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+class ConfigMismatchError(Exception):
+    """DST already holds a run made with a different config."""
+
+
+class Manifest:
+    """Bookkeeping of one run under ``DST/_raywarp`` (see the module docstring).
+
+    ``fs`` is the fsspec filesystem it uses; ``uri(rel)`` gives full URIs of its files.
+    """
+
+    def __init__(self, dst: str, storage_options: dict | None = None):
+        self.dst = dst.rstrip("/")
+        self.root = self.dst + "/_raywarp"
+        remote = fsspec.utils.get_protocol(self.root) not in ("file", "local")
+        self.storage_options = dict(storage_options or {}) if remote else {}
+        self.fs, self._root = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        self._local = isinstance(self.fs, LocalFileSystem)
+
+    # -- paths and raw I/O ----------------------------------------------------------
+
+    def uri(self, rel: str) -> str:
+        """Full URI of ``rel`` under the manifest root."""
+        return f"{self.root}/{rel}"
+
+    def _path(self, rel: str) -> str:
+        return f"{self._root}/{rel}"
+
+    def _put(self, rel: str, data: bytes) -> str:
+        """Write ``data`` at ``rel`` in one go; returns its URI."""
+        path = self._path(rel)
+        if self._local:
+            # A local write is not atomic; a rename within the directory is.
+            parent, name = path.rsplit("/", 1)
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # one PUT: S3 never shows a partial object
+        return self.uri(rel)
+
+    def _get(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._path(rel))
+
+    # -- run.json -------------------------------------------------------------------
+
+    def run_info(self) -> dict | None:
+        """Contents of run.json, or None before the first ``start_run``."""
+        try:
+            return json.loads(self._get("run.json"))
+        except FileNotFoundError:
+            return None
+
+    def start_run(self, config: dict, config_hash: str) -> int:
+        """Record a (re)start of the run; returns the attempt number (1, 2, ...).
+
+        Raises ConfigMismatchError if DST holds a run with a different config_hash:
+        resuming it would mix outputs of two configs.
+        """
+        # Stored as JSON, so compare and store the JSON form (tuples -> lists, ...).
+        config = json.loads(json.dumps(config, default=str))
+        now = time.time()
+        info = self.run_info()
+        if info is None:
+            info = {"config": config, "config_hash": config_hash, "created_at": now, "attempts": []}
+        elif info["config_hash"] != config_hash:
+            raise ConfigMismatchError(self._mismatch_message(info, config, config_hash))
+        info["attempts"].append(now)
+        self._put("run.json", json.dumps(info, indent=2, sort_keys=True).encode())
+        return len(info["attempts"])
+
+    def _mismatch_message(self, info: dict, config: dict, config_hash: str) -> str:
+        changes = _config_diff(info.get("config", {}), config)
+        listed = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        return (
+            f"{self.dst} already holds a run with a different config "
+            f"(config_hash {info['config_hash']} there, {config_hash} now).\n"
+            + (f"Changed keys (old -> new):\n{listed}\n" if changes
+               else "No config key differs; the hash covers something else (e.g. the code version).\n")
+            + f"Use a new --out, or delete {self.root} to start this output over."
+        )
+
+    # -- plan tables ----------------------------------------------------------------
+
+    def table_path(self, name: str) -> str:
+        """Full URI of table ``name`` ('videos' or 'clips')."""
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r}; expected one of {TABLES}")
+        return self.uri(f"{name}.parquet")
+
+    def write_table(self, name: str, rows: list[dict], schema: pa.Schema | None = None) -> str:
+        """Write table ``name`` from ``rows`` (replacing it); returns its URI."""
+        self.table_path(name)  # validates the name
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+        return self._put(f"{name}.parquet", buf.getvalue())
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Read table ``name``; FileNotFoundError if it was never written."""
+        self.table_path(name)
+        return pq.read_table(io.BytesIO(self._get(f"{name}.parquet")), columns=columns)
+
+    # -- progress -------------------------------------------------------------------
+
+    def append_progress(self, rows: list[dict]) -> str:
+        """Commit ``rows`` (PROGRESS_SCHEMA fields) as one new part file; returns its URI.
+
+        Missing optional fields become null; unknown fields raise ValueError, so a typo
+        fails loudly instead of vanishing. ``metrics`` may be a dict (stored as JSON).
+        """
+        if not rows:
+            raise ValueError("append_progress needs at least one row")
+        rows = [_check_progress_row(r) for r in rows]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA), buf)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        return self._put(f"progress/part-{stamp}-{uuid.uuid4().hex}.parquet", buf.getvalue())
+
+    def progress(self) -> pa.Table:
+        """All progress rows, part files in name (= time) order; unreadable parts skipped."""
+        folder = self._path("progress")
+        # Other processes write parts: drop s3fs's cached listing before listing.
+        self.fs.invalidate_cache(folder)
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            names = []
+        parts = sorted(p for p in names if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
+        blobs = self.fs.cat(parts, on_error="return") if parts else {}  # concurrent on S3
+        tables = []
+        for part in parts:
+            try:
+                blob = blobs[part]
+                if isinstance(blob, BaseException):
+                    raise blob
+                tables.append(pq.read_table(io.BytesIO(blob)).cast(PROGRESS_SCHEMA))
+            except Exception as err:  # a zero-byte leftover, a part deleted meanwhile, ...
+                warnings.warn(f"skipping unreadable progress part {part}: {err!r}", stacklevel=2)
+        return pa.concat_tables(tables) if tables else PROGRESS_SCHEMA.empty_table()
+
+    def latest(self, progress: pa.Table | None = None) -> dict[str, dict]:
+        """Per id, the row of its latest attempt (by finished_at): each unit's current state."""
+        rows = (self.progress() if progress is None else progress).to_pylist()
+        current: dict[str, dict] = {}
+        for row in rows:  # parts come in write order, so on a tie the later write wins
+            prev = current.get(row["id"])
+            if prev is None or row["finished_at"] >= prev["finished_at"]:
+                current[row["id"]] = row
+        return current
+
+    def committed(self) -> set[str]:
+        """Ids whose latest row is 'done'."""
+        return {i for i, row in self.latest().items() if row["status"] == "done"}
+
+    # -- payload arrays -------------------------------------------------------------
+
+    def put_arrays(self, key: str, **arrays: np.ndarray) -> str:
+        """Store ``arrays`` at ``payload/<key>.npz`` (one PUT); returns its URI.
+
+        The bytes depend only on the arrays (names sorted, fixed zip dates), so a retry
+        overwrites a payload with identical bytes.
+        """
+        return self._put(_payload_rel(key), _npz_bytes(arrays))
+
+    def get_arrays(self, key: str) -> dict[str, np.ndarray]:
+        """The arrays stored at ``key``."""
+        with np.load(io.BytesIO(self._get(_payload_rel(key))), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+
+    def has_arrays(self, key: str) -> bool:
+        """Whether a payload exists at ``key`` (it counts only once a 'done' row commits it)."""
+        path = self._path(_payload_rel(key))
+        self.fs.invalidate_cache(path)
+        return self.fs.exists(path)
+
+    # -- status ---------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Progress summary from the manifest alone (safe while a run is in flight).
+
+        Keys: root, attempt, clips_{done,failed,pending}, videos_{done,failed,pending},
+        frames_done, frames_pending, fps (None if unknown), eta_seconds (None if unknown),
+        last_errors (up to 5 most recent current failures: id, uri, error).
+        """
+        info = self.run_info()
+        attempt = len(info["attempts"]) if info else None
+        plan_frames = _column_dict(self._try_read("clips", ["id", "frames"]), "id", "frames")
+        planned_videos = set(_column_dict(self._try_read("videos", ["video_id"]), "video_id", "video_id"))
+        progress = self.progress()
+        latest = self.latest(progress)
+
+        clip_rows = {i: r for i, r in latest.items() if r["kind"] != "video"}
+        video_rows = {i: r for i, r in latest.items() if r["kind"] == "video"}
+        clips = _count(set(plan_frames) | set(clip_rows), clip_rows)
+        videos = _count(planned_videos | set(video_rows), video_rows)
+        frames_done = sum(_frames(r, plan_frames) for r in clip_rows.values() if r["status"] == "done")
+        frames_pending = sum(plan_frames[i] or 0 for i in clips["pending"])  # pending ids come from the plan
+
+        fps = _fps([r for r in progress.to_pylist() if r["attempt"] == attempt], plan_frames)
+        eta = 0.0 if frames_pending == 0 else (frames_pending / fps if fps else None)
+        failed = sorted((r for r in latest.values() if r["status"] == "failed"),
+                        key=lambda r: r["finished_at"], reverse=True)
+        return {
+            "root": self.root,
+            "attempt": attempt,
+            **{f"clips_{k}": len(v) for k, v in clips.items()},
+            **{f"videos_{k}": len(v) for k, v in videos.items()},
+            "frames_done": frames_done,
+            "frames_pending": frames_pending,
+            "fps": fps,
+            "eta_seconds": eta,
+            "last_errors": [{"id": r["id"], "uri": r["uri"], "error": r["error"]} for r in failed[:5]],
+        }
+
+    def _try_read(self, name: str, columns: list[str]) -> pa.Table | None:
+        try:
+            return self.read_table(name, columns)
+        except FileNotFoundError:  # not planned yet
+            return None
+
+
+def format_status(status: dict) -> str:
+    """A short human-readable summary of ``Manifest.status()`` for ``raywarp status DST``."""
+    if status["attempt"] is None:
+        return f"{status['root']}: no run recorded"
+    rate = f"{status['fps']:.1f} frames/s" if status["fps"] else "rate unknown"
+    eta = _fmt_seconds(status["eta_seconds"]) if status["eta_seconds"] is not None else "unknown"
+    lines = [
+        f"{status['root']} (attempt {status['attempt']})",
+        f"clips:  {status['clips_done']} done, {status['clips_failed']} failed, {status['clips_pending']} pending",
+        f"videos: {status['videos_done']} done, {status['videos_failed']} failed, {status['videos_pending']} pending",
+        f"frames: {status['frames_done']} done, {status['frames_pending']} pending; {rate}; ETA {eta}",
+    ]
+    if status["last_errors"]:
+        lines.append("last errors:")
+        for e in status["last_errors"]:
+            first_line = (e["error"] or "").strip().splitlines()[:1] or [""]
+            lines.append(f"  {e['id']} ({e['uri']}): {first_line[0][:200]}")
+    return "\n".join(lines)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _config_diff(old, new, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (old, new) for every differing leaf; '<absent>' for a missing key."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return {} if old == new else {prefix or "<config>": (old, new)}
+    diff = {}
+    for k in sorted(set(old) | set(new), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        diff.update(_config_diff(old.get(k, "<absent>"), new.get(k, "<absent>"), key))
+    return diff
+
+
+def _check_progress_row(row: dict) -> dict:
+    unknown = set(row) - set(PROGRESS_SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown progress fields {sorted(unknown)}; known: {PROGRESS_SCHEMA.names}")
+    missing = [k for k in PROGRESS_REQUIRED if row.get(k) is None]
+    if missing:
+        raise ValueError(f"progress row {row.get('id')!r} lacks required fields {missing}")
+    if row["kind"] not in KINDS or row["status"] not in STATUSES:
+        raise ValueError(f"progress row {row['id']!r}: kind must be one of {KINDS}, status one of {STATUSES}")
+    if isinstance(row.get("metrics"), (dict, list)):
+        row = {**row, "metrics": json.dumps(row["metrics"], sort_keys=True)}
+    return row
+
+
+def _payload_rel(key: str) -> str:
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"bad payload key {key!r}: need non-empty '/'-separated names, no '.' or '..'")
+    return f"payload/{key}.npz"
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz that np.load reads, with bytes depending on the arrays only.
+
+    np.savez is deterministic today only because zipfile happens to default member dates
+    to 1980; writing the zip here pins that, and sorting makes argument order irrelevant.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            with zf.open(member, "w", force_zip64=True) as f:  # zip64 as np.savez does
+                np.lib.format.write_array(f, np.asarray(arrays[name]), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _column_dict(table: pa.Table | None, key: str, value: str) -> dict:
+    if table is None:
+        return {}
+    return dict(zip(table.column(key).to_pylist(), table.column(value).to_pylist()))
+
+
+def _count(ids: set[str], rows: dict[str, dict]) -> dict[str, list[str]]:
+    """Split ids by the status of their latest row; no row means pending."""
+    out = {"done": [], "failed": [], "pending": []}
+    for i in ids:
+        out[rows[i]["status"] if i in rows else "pending"].append(i)
+    return out
+
+
+def _frames(row: dict, plan_frames: dict) -> int:
+    return row["frames"] if row["frames"] is not None else (plan_frames.get(row["id"]) or 0)
+
+
+def _fps(rows: list[dict], plan_frames: dict) -> float | None:
+    """Frames of done clip rows / wall span (first start to last finish) of ``rows``."""
+    frames = sum(_frames(r, plan_frames) for r in rows if r["kind"] != "video" and r["status"] == "done")
+    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
+    if not frames or not starts:
+        return None
+    span = max(r["finished_at"] for r in rows) - min(starts)
+    return frames / span if span > 0 else None
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,81 @@
+"""The plan: every video cut into units of work with deterministic ids.
+
+Cross-shard stitching, two phases (the keyframe scheme of FRESCO / Rerender-A-Video,
+applied to whole runs of frames). Clip k nominally spans frames [k·(L−o), k·(L−o)+L);
+neighbouring clips share o = `overlap` frames, the *seam*.
+
+    phase 1  every seam is sampled once, as a short clip of its own (all seams of all
+             videos at once, independent); it keeps the per-step x̂0 trajectories of its
+             first and last frames and the GP coordinates of its last frame.
+    phase 2  every clip samples its own frames plus the seam frame on either side,
+             those two anchored to the seams' trajectories (all clips at once).
+
+So no unit waits for a neighbour within a phase: one long video spreads over the whole
+cluster. At a seam edge the clip's frame is guided toward a fixed anchor exactly as
+interior frames are guided toward their neighbours, and in gp-warp modes the clip's
+noise continues the seam's GP coordinates, so seams are as consistent as interiors.
+
+A video no longer than one clip is a single clip without seams.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+from raywarp.pipeline.config import RunConfig
+
+NAMESPACE = uuid.UUID("5f0c2a52-7d0e-4c53-9b39-2b8e0f1a6d11")
+
+
+def video_id(uri: str, fingerprint: str, config_hash: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{uri}|{fingerprint}|{config_hash}"))
+
+
+def unit_id(vid: str, kind: str, start: int, stop: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{vid}|{kind}|{start}|{stop}"))
+
+
+def clip_starts(frames: int, clip_len: int, overlap: int) -> list[int]:
+    """First frame of every clip: strides of clip_len − overlap until the rest fits."""
+    if frames <= clip_len:
+        return [0]
+    count = math.ceil((frames - overlap) / (clip_len - overlap))
+    return [k * (clip_len - overlap) for k in range(count)]
+
+
+def plan_video(video: dict, config: RunConfig) -> list[dict]:
+    """Units of one probed video (a row of videos.parquet, with `video_id`), seams first.
+
+    Each unit samples frames [start, stop) and owns output frames [out_start, out_stop);
+    a clip's `start_anchor` / `end_anchor` name the seams whose edge frames it borrows.
+    """
+    n, o = int(video["frames"]), config.overlap
+    starts = clip_starts(n, config.clip_len, o)
+    vid = video["video_id"]
+    base = {"video_id": vid, "uri": video["uri"], "video_frames": n}
+    seams = []
+    for s in starts[1:]:
+        seams.append({**base, "id": unit_id(vid, "seam", s, s + o), "kind": "seam", "phase": 1,
+                      "start": s, "stop": s + o, "out_start": s, "out_stop": s + o,
+                      "start_anchor": "", "end_anchor": ""})
+    clips = []
+    for k, s in enumerate(starts):
+        first = k > 0
+        last = k == len(starts) - 1
+        start = s + o - 1 if first else 0  # the previous seam's last frame
+        stop = n if last else starts[k + 1] + 1  # through the next seam's first frame
+        clips.append({**base, "id": unit_id(vid, "clip", start, stop), "kind": "clip", "phase": 2,
+                      "start": start, "stop": stop,
+                      "out_start": start + 1 if first else start, "out_stop": stop if last else stop - 1,
+                      "start_anchor": seams[k - 1]["id"] if first else "",
+                      "end_anchor": "" if last else seams[k]["id"]})
+    units = seams + clips
+    for u in units:
+        u["frames"] = u["out_stop"] - u["out_start"]
+    return units
+
+
+def plan(videos: list[dict], config: RunConfig) -> list[dict]:
+    """All units of all videos (rows of clips.parquet)."""
+    return [u for v in videos for u in plan_video(v, config)]

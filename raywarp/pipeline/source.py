@@ -1,0 +1,184 @@
+"""Where videos come from: listing a source, fingerprinting and probing each video."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from fractions import Fraction
+
+import av
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "avi", "webm", "m4v", "mpg", "mpeg", "ts", "wmv", "flv"})
+LIST_EXTENSIONS = frozenset({"txt", "lst", "list"})
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+class VideoError(Exception):
+    """A video that cannot be used; `str(err)` is "URI: reason"."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(uri, reason)  # args = (uri, reason): pickles across Ray workers
+        self.uri, self.reason = uri, reason
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason}"
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower().lstrip(".")
+
+
+def filesystem(uri: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path inside it) for `uri`.
+
+    storage_options (credentials, endpoint) only go to remote filesystems, so one
+    options dict can serve a job that mixes local paths and s3:// URIs.
+    """
+    options = {} if fsspec.utils.get_protocol(uri) in _LOCAL_PROTOCOLS else (storage_options or {})
+    return fsspec.core.url_to_fs(uri, **options)
+
+
+def _to_uri(fs, path: str) -> str:
+    """Public URI of `path` on `fs`: an absolute path for local files, else "proto://path"."""
+    return os.path.abspath(path) if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def _read_list(fs, path: str) -> list[str]:
+    """Entries of a list file: one URI per line; blanks and "#" comments skipped.
+
+    Relative entries are resolved against the list file's folder.
+    """
+    entries = []
+    for line in fs.cat_file(path).decode().splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if "://" not in entry and not entry.startswith("/"):
+            entry = _to_uri(fs, posixpath.normpath(posixpath.join(posixpath.dirname(path), entry)))
+        entries.append(entry)
+    return entries
+
+
+def list_videos(src: str, storage_options: dict | None = None) -> list[str]:
+    """Sorted, de-duplicated absolute URIs of the videos that `src` names.
+
+    `src` is one of: a video file; a directory or prefix (searched recursively, kept
+    by video extension); a glob (every matching file kept); a .txt/.lst/.list file
+    of URIs. Raises FileNotFoundError when `src` does not exist or yields nothing.
+    """
+    fs, path = filesystem(src, storage_options)
+    if any(c in path for c in "*?["):
+        found = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
+    elif fs.isdir(path):
+        found = [p for p in fs.find(path) if _extension(p) in VIDEO_EXTENSIONS]
+    elif fs.isfile(path):
+        if _extension(path) in LIST_EXTENSIONS:
+            uris = _read_list(fs, path)
+            if not uris:
+                raise FileNotFoundError(f"{src}: list file names no videos")
+            return sorted(set(uris))
+        found = [path]
+    else:
+        raise FileNotFoundError(f"{src}: no such file, directory or prefix")
+    if not found:
+        raise FileNotFoundError(f"{src}: no videos found")
+    return sorted({_to_uri(fs, p) for p in found})
+
+
+def _fingerprint(info: dict) -> str:
+    """"{size}-{version}" from an `fs.info` dict; the version changes when the content is rewritten."""
+    etag = info.get("ETag")  # S3: changes with every upload of different content
+    version = etag.strip('"') if etag else info["mtime"]
+    return f"{info['size']}-{version}"
+
+
+def fingerprint(uri: str, storage_options: dict | None = None) -> str:
+    """Cheap content-version id: "{size}-{mtime}" locally, "{size}-{ETag}" on S3."""
+    fs, path = filesystem(uri, storage_options)
+    return _fingerprint(fs.info(path))
+
+
+def _decode_first(packets):
+    """(first decoded frame or None, packets consumed) from a demux iterator."""
+    consumed = 0
+    for packet in packets:
+        consumed += packet.size > 0  # the final empty packet only flushes the decoder
+        frames = packet.decode()
+        if frames:
+            return frames[0], consumed
+    return None, consumed
+
+
+def _rotation(stream, frame) -> int:
+    """Display rotation, degrees counterclockwise in {0, 90, 180, 270} for the usual
+    cases: `np.rot90(frame, rotation // 90)` shows a decoded frame upright."""
+    # FFmpeg >= 7 attaches the container's display matrix to decoded frames (PyAV >= 14
+    # reads it as frame.rotation, counterclockwise); older builds exported a stream
+    # "rotate" tag instead, in clockwise degrees.
+    ccw = getattr(frame, "rotation", 0) or -float(stream.metadata.get("rotate", 0))
+    return round(ccw) % 360
+
+
+def _duration_s(container, stream, frames: int, fps: Fraction) -> float:
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return float(frames / fps)
+
+
+def probe(uri: str, storage_options: dict | None = None) -> dict:
+    """Read a video's header (and, when the container has no frame count, its packets).
+
+    Reads through an fsspec file object, so S3 objects are range-read, not downloaded.
+    Decodes exactly one frame to check the video is usable. Returns a dict with keys
+    uri, size_bytes, fingerprint, width, height, fps_num, fps_den, fps, frames,
+    duration_s, codec, rotation, has_audio. Raises VideoError naming the problem.
+    """
+    fs, path = filesystem(uri, storage_options)
+    info = fs.info(path)
+    if info["size"] == 0:
+        raise VideoError(uri, "empty file (0 bytes)")
+    with fs.open(path, "rb") as f:
+        try:
+            container = av.open(f, "r")
+        except av.FFmpegError as err:
+            raise VideoError(uri, f"not a video ({err})") from err
+        with container:
+            if not container.streams.video:
+                raise VideoError(uri, "not a video (no video stream)")
+            stream = container.streams.video[0]
+            packets = container.demux(stream)
+            try:
+                first, consumed = _decode_first(packets)
+            except av.FFmpegError as err:
+                raise VideoError(uri, f"first frame does not decode ({err})") from err
+            try:
+                # No frame count in the header (e.g. mkv, webm): count the remaining packets.
+                frames = stream.frames if stream.frames > 0 else consumed + sum(p.size > 0 for p in packets)
+            except av.FFmpegError as err:
+                raise VideoError(uri, f"corrupt video data ({err})") from err
+            if frames == 0:
+                raise VideoError(uri, "no video frames")
+            if first is None:
+                raise VideoError(uri, "first frame does not decode (decoder returned no frame)")
+            fps = stream.average_rate or stream.guessed_rate
+            if not fps:
+                raise VideoError(uri, "unknown frame rate")
+            return {
+                "uri": uri,
+                "size_bytes": info["size"],
+                "fingerprint": _fingerprint(info),
+                "width": first.width,
+                "height": first.height,
+                "fps_num": fps.numerator,
+                "fps_den": fps.denominator,
+                "fps": float(fps),
+                "frames": int(frames),
+                "duration_s": _duration_s(container, stream, frames, fps),
+                "codec": stream.codec_context.name,
+                "rotation": _rotation(stream, first),
+                "has_audio": bool(container.streams.audio),
+            }

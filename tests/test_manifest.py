@@ -1,0 +1,175 @@
+"""raywarp.pipeline.manifest: run config, progress commits, status, payload arrays.
+
+Every test runs twice: on a local directory and on S3 (moto's server, via the
+``s3_bucket`` fixture), since the commit protocol exists for S3's sake.
+"""
+
+import io
+import time
+import zipfile
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raywarp.pipeline.manifest import (
+    PROGRESS_SCHEMA,
+    ConfigMismatchError,
+    Manifest,
+    format_status,
+)
+
+CONFIG = {"model": "prior-v1", "steps": 20, "flow": {"iters": 12, "scale": 0.5}}
+
+
+@pytest.fixture(params=["local", "s3"])
+def dst(request, tmp_path):
+    """(DST, storage_options) for a fresh output location."""
+    if request.param == "local":
+        return str(tmp_path / "out"), None
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/out", options
+
+
+@pytest.fixture
+def manifest(dst):
+    return Manifest(*dst)
+
+
+def row(id, status, finished_at, attempt=1, kind="clip", **extra):
+    return {"id": id, "kind": kind, "status": status, "attempt": attempt, "finished_at": finished_at, **extra}
+
+
+def test_start_run_writes_config_and_counts_attempts(dst):
+    assert Manifest(*dst).run_info() is None
+    assert Manifest(*dst).start_run(CONFIG, "h1") == 1
+    assert Manifest(*dst).start_run(CONFIG, "h1") == 2  # a resume, as from a new process
+
+    info = Manifest(*dst).run_info()
+    assert info["config"] == CONFIG and info["config_hash"] == "h1"
+    assert len(info["attempts"]) == 2 and info["attempts"][0] <= info["attempts"][1]
+    assert info["created_at"] == info["attempts"][0]
+
+
+def test_config_mismatch_names_hashes_and_changed_keys(manifest):
+    manifest.start_run(CONFIG, "h1")
+    changed = {**CONFIG, "steps": 50, "flow": {"iters": 12, "scale": 1.0}}
+    with pytest.raises(ConfigMismatchError) as err:
+        manifest.start_run(changed, "h2")
+    msg = str(err.value)
+    for needle in ("h1", "h2", "steps: 20 -> 50", "flow.scale: 0.5 -> 1.0", "--out", manifest.root):
+        assert needle in msg
+    assert "model" not in msg  # unchanged keys are not listed
+    assert len(manifest.run_info()["attempts"]) == 1  # the refused start left no trace
+
+
+def test_latest_picks_newest_row_per_id(manifest):
+    assert manifest.progress().schema == PROGRESS_SCHEMA and manifest.latest() == {}
+    manifest.append_progress([row("a", "failed", 10.0, error="oom"), row("b", "done", 10.0)])
+    uri = manifest.append_progress([row("a", "done", 20.0, attempt=2), row("b", "failed", 20.0, attempt=2)])
+    assert uri.startswith(manifest.root + "/progress/part-") and uri.endswith(".parquet")
+
+    manifest.append_progress([row("a", "failed", 15.0)])  # a straggler: written last, finished earlier
+
+    latest = manifest.latest()
+    assert {i: r["status"] for i, r in latest.items()} == {"a": "done", "b": "failed"}
+    assert latest["a"]["attempt"] == 2 and latest["a"]["error"] is None  # missing field -> null
+    assert manifest.committed() == {"a"}
+    assert manifest.progress().num_rows == 5
+
+
+def test_progress_rejects_unknown_and_missing_fields(manifest):
+    with pytest.raises(ValueError, match="finshed_at"):
+        manifest.append_progress([{**row("a", "done", 1.0), "finshed_at": 2.0}])
+    with pytest.raises(ValueError, match="finished_at"):
+        manifest.append_progress([{"id": "a", "kind": "clip", "status": "done", "attempt": 1}])
+    with pytest.raises(ValueError, match="status"):
+        manifest.append_progress([row("a", "ok", 1.0)])
+    assert manifest.progress().num_rows == 0  # nothing half-written
+
+
+def test_progress_sees_parts_written_by_another_process(dst, manifest):
+    """s3fs caches listings; parts written by other processes must still show up."""
+    part = manifest.append_progress([row("a", "done", 1.0)])
+    assert manifest.progress().num_rows == 1  # fills the listing cache
+    other_fs, path = fsspec.core.url_to_fs(part, skip_instance_cache=True, **(dst[1] or {}))
+    other_fs.pipe_file(path.replace("/part-", "/part-z"), other_fs.cat_file(path))
+    assert manifest.progress().num_rows == 2
+
+
+def test_zero_byte_part_is_skipped_with_warning(manifest):
+    manifest.append_progress([row("a", "done", 1.0)])
+    manifest.fs.pipe_file(f"{manifest._path('progress')}/part-0-leftover.parquet", b"")
+    with pytest.warns(UserWarning, match="part-0-leftover"):
+        table = manifest.progress()
+    assert table.column("id").to_pylist() == ["a"]
+
+
+def test_status_on_a_hand_made_plan(manifest):
+    manifest.start_run(CONFIG, "h")
+    manifest.write_table("videos", [{"video_id": v, "uri": f"src/{v}.mp4"} for v in ("v1", "v2", "v3")])
+    plan = {"v1-c0": 10, "v1-c1": 10, "v2-c0": 20, "v3-c0": 30, "v3-c1": 5}
+    manifest.write_table("clips", [{"id": i, "video_id": i[:2], "frames": f} for i, f in plan.items()],
+                         schema=pa.schema([("id", pa.string()), ("video_id", pa.string()), ("frames", pa.int32())]))
+    assert manifest.read_table("clips").column("frames").to_pylist() == list(plan.values())
+
+    manifest.append_progress([
+        row("v1-c0", "done", 2.0, frames=10, started_at=1.0),
+        row("v1-c1", "failed", 3.0, started_at=1.0, uri="src/v1.mp4", error="old failure"),
+    ])
+    assert manifest.start_run(CONFIG, "h") == 2
+    manifest.append_progress([
+        row("v1-c1", "done", 104.0, attempt=2, frames=10, started_at=100.0),
+        row("v2-c0", "failed", 103.0, attempt=2, started_at=100.0, uri="src/v2.mp4", error="CUDA OOM\ntrace"),
+    ])
+    manifest.append_progress([
+        row("v1", "done", 105.0, attempt=2, kind="video", video_id="v1", started_at=104.0),
+        row("v2", "failed", 104.5, attempt=2, kind="video", video_id="v2", uri="src/v2.mp4", error="missing clips"),
+    ])
+
+    s = manifest.status()
+    assert s["attempt"] == 2
+    assert (s["clips_done"], s["clips_failed"], s["clips_pending"]) == (2, 1, 2)
+    assert (s["videos_done"], s["videos_failed"], s["videos_pending"]) == (1, 1, 1)
+    assert (s["frames_done"], s["frames_pending"]) == (20, 35)
+    assert s["fps"] == pytest.approx(10 / 5)  # attempt 2: 10 frames from t=100 to t=105
+    assert s["eta_seconds"] == pytest.approx(35 / 2)
+    # v1-c1's old failure was superseded; newest first.
+    assert s["last_errors"] == [
+        {"id": "v2", "uri": "src/v2.mp4", "error": "missing clips"},
+        {"id": "v2-c0", "uri": "src/v2.mp4", "error": "CUDA OOM\ntrace"},
+    ]
+    text = format_status(s)
+    assert "attempt 2" in text and "2 done, 1 failed, 2 pending" in text and "ETA 18s" in text
+    assert "v2-c0 (src/v2.mp4): CUDA OOM" in text and "trace" not in text
+
+
+def test_status_before_anything_is_written(manifest):
+    s = manifest.status()
+    assert s["attempt"] is None and s["clips_pending"] == 0 and s["fps"] is None
+    assert "no run recorded" in format_status(s)
+
+
+def test_arrays_round_trip_and_deterministic_bytes(manifest, monkeypatch):
+    frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    tracks = np.linspace(0, 1, 10, dtype=np.float32).reshape(5, 2)
+    assert not manifest.has_arrays("v1/c0")
+    uri = manifest.put_arrays("v1/c0", frames=frames, tracks=tracks)
+    assert uri == manifest.root + "/payload/v1/c0.npz" and manifest.has_arrays("v1/c0")
+
+    got = manifest.get_arrays("v1/c0")
+    assert set(got) == {"frames", "tracks"}
+    np.testing.assert_array_equal(got["frames"], frames)
+    assert got["tracks"].dtype == np.float32 and np.array_equal(got["tracks"], tracks)
+
+    # A retry much later (zip dates would differ), arguments in another order: same bytes.
+    first = manifest.fs.cat_file(manifest._path("payload/v1/c0.npz"))
+    real_localtime = time.localtime
+    monkeypatch.setattr(time, "localtime", lambda t=None: real_localtime(time.time() + 400 * 86400))
+    manifest.put_arrays("v1/c0", tracks=tracks.copy(), frames=frames.copy())
+    assert manifest.fs.cat_file(manifest._path("payload/v1/c0.npz")) == first
+    assert zipfile.ZipFile(io.BytesIO(first)).testzip() is None
+
+    with pytest.raises(ValueError):
+        manifest.put_arrays("../escape", frames=frames)
