@@ -41,10 +41,10 @@ class RunConfig:
     # Logical CPUs per decode task / flow actor / sampler actor. Fractions, so that on a
     # small machine Ray Data's own read tasks (1 CPU each) still get scheduled beside
     # the pools; the threads a stage really uses follow from Ray's OMP_NUM_THREADS.
-    # Decode differs from flow on purpose: equal requests would let Ray Data fuse the
-    # decode tasks into the flow actors.
-    decode_cpus: float = field(default=0.5, metadata=RESOURCE)
-    flow_cpus: float = field(default=0.25, metadata=RESOURCE)
+    # Decode differs from flow and sample on purpose: an equal request lets Ray Data fuse
+    # the decode tasks into the next stage's actors, which would then wait on decoding.
+    decode_cpus: float = field(default=0.25, metadata=RESOURCE)
+    flow_cpus: float = field(default=0.5, metadata=RESOURCE)
     sample_cpus: float = field(default=0.5, metadata=RESOURCE)
 
     def __post_init__(self):
@@ -67,6 +67,8 @@ class RunConfig:
             raise ValueError(f"flow_method: choose one of {rflow.METHODS}, got {self.flow_method!r}")
         if self.densify_method not in DENSIFY_METHODS:
             raise ValueError(f"densify_method: choose one of {DENSIFY_METHODS}, got {self.densify_method!r}")
+        if self.decode_cpus in (self.flow_cpus, self.sample_cpus):
+            raise ValueError("decode_cpus: must differ from flow_cpus and sample_cpus (else Ray Data fuses decode into the pools)")
         if self.gpus_per_actor < 0 or not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(
                 f"resources: need gpus_per_actor >= 0 and 1 <= min_actors <= max_actors, got "

@@ -117,6 +117,7 @@ def _run_pass(phase: int, pending: set[str], manifest: Manifest, config: RunConf
     ds = (
         ray.data.read_parquet(path, filesystem=fs)
         .filter(expr=col("id").is_in(sorted(pending)))  # an expression: pushed into the read
+        .repartition(len(pending))  # one block per unit, so every actor of the pool gets work
         .map_batches(decode_unit, batch_size=1, num_cpus=config.decode_cpus, fn_kwargs={"storage_options": storage_options})
         .map_batches(stage, batch_size=1, compute=pool, num_cpus=cpus, num_gpus=config.gpus_per_actor,
                      fn_constructor_kwargs={"config": config.to_dict(), "dst": manifest.dst,
