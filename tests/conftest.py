@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server (moto's, on 127.0.0.1) that Ray workers and s3fs reach."""
+"""Shared fixtures: a real S3 server (moto's, on 127.0.0.1) that Ray workers and s3fs reach,
+and a tiny random diffusers model folder for fast pipeline runs."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def s3_bucket(s3_server):
     name = f"raywarp-{uuid.uuid4().hex[:12]}"
     fs.mkdir(name, create_parents=True, region_name="us-west-2")
     return name, s3_server
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A local folder holding a tiny random conditional pixel UNet and a DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    from raywarp.models import tiny_pixel_unet
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    tiny_pixel_unet(conditional=True).save_pretrained(root)
+    DDIMScheduler(prediction_type="sample").save_pretrained(root)
+    return str(root)

@@ -39,10 +39,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import DDIMScheduler
 
 from raywarp import synthetic
-from raywarp.models import tiny_pixel_unet
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.manifest import Manifest
 from raywarp.pipeline.source import probe
@@ -175,14 +173,6 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
         mp.undo()
         assert not left, f"processes of the test cluster survived teardown (pid, start): {sorted(left)}"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("tiny_model")
-    tiny_pixel_unet(conditional=True).save_pretrained(root)
-    DDIMScheduler(prediction_type="sample").save_pretrained(root)
-    return str(root)
 
 
 def write_video(path: Path, photo: str, frames: int, size, **motion) -> None:

@@ -19,12 +19,9 @@ import pytest
 import ray
 import s3fs
 import torch
-from diffusers import DDIMScheduler
 
-from raywarp import flow as rflow
 from raywarp import metrics, synthetic
 from raywarp.cli import main as cli_main
-from raywarp.models import tiny_pixel_unet
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
@@ -41,14 +38,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("tiny_model")
-    tiny_pixel_unet(conditional=True).save_pretrained(root)
-    DDIMScheduler(prediction_type="sample").save_pretrained(root)
-    return str(root)
 
 
 def frames_u8(photo: str, frames: int, size, **motion) -> np.ndarray:
