@@ -156,7 +156,7 @@ def test_arrays_round_trip_and_deterministic_bytes(manifest, monkeypatch):
     tracks = np.linspace(0, 1, 10, dtype=np.float32).reshape(5, 2)
     assert not manifest.has_arrays("v1/c0")
     uri = manifest.put_arrays("v1/c0", frames=frames, tracks=tracks)
-    assert uri == manifest.root + "/payload/v1/c0.npz" and manifest.has_arrays("v1/c0")
+    assert uri == manifest.root + "/payload/v1/c0.zip" and manifest.has_arrays("v1/c0")
 
     got = manifest.get_arrays("v1/c0")
     assert set(got) == {"frames", "tracks"}
@@ -164,12 +164,175 @@ def test_arrays_round_trip_and_deterministic_bytes(manifest, monkeypatch):
     assert got["tracks"].dtype == np.float32 and np.array_equal(got["tracks"], tracks)
 
     # A retry much later (zip dates would differ), arguments in another order: same bytes.
-    first = manifest.fs.cat_file(manifest._path("payload/v1/c0.npz"))
+    first = manifest.fs.cat_file(manifest._path("payload/v1/c0.zip"))
     real_localtime = time.localtime
     monkeypatch.setattr(time, "localtime", lambda t=None: real_localtime(time.time() + 400 * 86400))
     manifest.put_arrays("v1/c0", tracks=tracks.copy(), frames=frames.copy())
-    assert manifest.fs.cat_file(manifest._path("payload/v1/c0.npz")) == first
+    assert manifest.fs.cat_file(manifest._path("payload/v1/c0.zip")) == first
     assert zipfile.ZipFile(io.BytesIO(first)).testzip() is None
 
     with pytest.raises(ValueError):
         manifest.put_arrays("../escape", frames=frames)
+
+
+def test_frames_are_stored_losslessly_and_compressed(manifest):
+    """Frame stacks go in as PNG: exact round trip, fewer bytes than raw for real images."""
+    from raywarp import synthetic
+
+    video, _ = synthetic.affine_video("coffee", 4, (48, 64), synthetic.affine_motion((48, 64), shift=(1.0, 0.0)))
+    frames = (video * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    manifest.put_arrays("u", frames=frames, end_map=np.zeros((2, 12, 16), np.float32))
+    got = manifest.get_arrays("u")
+    np.testing.assert_array_equal(got["frames"], frames)
+    assert got["end_map"].shape == (2, 12, 16)
+    assert manifest.payload_bytes() < frames.nbytes
+
+
+# -- the compacted progress log ------------------------------------------------------
+
+
+def commits(manifest, count, rows_each=1, start=0):
+    """`count` commits of `rows_each` rows, ids u<start>…, one finished second each."""
+    for c in range(start, start + count):
+        manifest.append_progress([row(f"u{c * rows_each + r:06d}", "done", float(c), frames=1, started_at=float(c))
+                                  for r in range(rows_each)])
+
+
+def progress_files(manifest):
+    return sorted(p.rsplit("/", 1)[-1] for p in manifest.fs.ls(manifest._path("progress"), detail=False))
+
+
+def count_reads(manifest, monkeypatch) -> list:
+    """Paths the manifest reads from here on (cat_file and batched cat)."""
+    seen = []
+    cat_file, cat = manifest.fs.cat_file, manifest.fs.cat
+    monkeypatch.setattr(manifest.fs, "cat_file", lambda path, *a, **k: seen.append(path) or cat_file(path, *a, **k))
+    monkeypatch.setattr(manifest.fs, "cat", lambda paths, *a, **k: seen.extend(paths) or cat(paths, *a, **k))
+    return seen
+
+
+def test_compaction_keeps_every_row_and_bounds_the_reads(manifest, monkeypatch):
+    commits(manifest, 12)
+    manifest.append_progress([row("u000003", "failed", 99.0, error="a later failure")])
+    before = manifest.progress().to_pylist()
+    assert manifest.compact() == 13
+    assert [f[:11] for f in progress_files(manifest)] == ["checkpoint-"]
+    assert manifest.progress().to_pylist() == before  # same rows, same order
+    assert manifest.latest()["u000003"]["status"] == "failed"
+    commits(manifest, 3, start=100)
+    reads = count_reads(manifest, monkeypatch)
+    assert manifest.progress().num_rows == 16
+    assert len(set(reads)) == 1 + 3  # the checkpoint and the newer parts
+    assert manifest.compact() == 3 and manifest.compact() == 0
+    assert manifest.progress().num_rows == 16
+
+
+@pytest.mark.parametrize("deleted", [0, 5])
+def test_interrupted_compaction_loses_and_repeats_no_row(manifest, monkeypatch, deleted):
+    """Killed after writing the checkpoint, before or while deleting the parts it holds."""
+    commits(manifest, 10)
+    rm = manifest.fs.rm
+
+    def dies_while_deleting(paths, *args, **kwargs):
+        if deleted:
+            rm(sorted(paths)[:deleted])
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(manifest.fs, "rm", dies_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        manifest.compact()
+    monkeypatch.setattr(manifest.fs, "rm", rm)
+    assert len([f for f in progress_files(manifest) if f.startswith("part-")]) == 10 - deleted  # leftovers
+    ids = manifest.progress().column("id").to_pylist()
+    assert sorted(ids) == [f"u{i:06d}" for i in range(10)]  # each row once
+    commits(manifest, 2, start=10)
+    assert manifest.compact() == 2  # folds the new parts, deletes the leftovers
+    assert [f[:11] for f in progress_files(manifest)] == ["checkpoint-"]
+    assert sorted(manifest.progress().column("id").to_pylist()) == [f"u{i:06d}" for i in range(12)]
+
+
+def test_racing_compactors_write_one_checkpoint(manifest, monkeypatch):
+    commits(manifest, 4)
+    real_put = manifest._put
+
+    def other_compactor_first(rel, data, create=False):
+        if create:  # the other compactor wins the race for this checkpoint
+            Manifest(manifest.dst, manifest.storage_options or None).compact()
+        return real_put(rel, data, create)
+
+    monkeypatch.setattr(manifest, "_put", other_compactor_first)
+    assert manifest.compact() == 0
+    assert sorted(manifest.progress().column("id").to_pylist()) == [f"u{i:06d}" for i in range(4)]
+
+
+def test_reader_whose_listing_went_stale_reads_again(manifest, monkeypatch):
+    commits(manifest, 6)
+    other = Manifest(manifest.dst, manifest.storage_options or None)
+    cat = manifest.fs.cat
+    calls = []
+
+    def compacted_meanwhile(paths, *args, **kwargs):
+        calls.append(paths)
+        if len(calls) == 1:
+            other.compact()  # deletes the parts this reader has just listed (same fs object)
+        return cat(paths, *args, **kwargs)
+
+    monkeypatch.setattr(manifest.fs, "cat", compacted_meanwhile)
+    assert manifest.progress().num_rows == 6
+    assert len(calls) >= 2  # the first read found its parts gone and listed again
+
+
+@pytest.mark.slow
+def test_twenty_thousand_rows_status_in_a_bounded_read(tmp_path, monkeypatch, capsys):
+    """20,000 rows in 5,000 commits with the driver's periodic compaction, one compaction
+    interrupted: nothing lost, and `raywarp status` reads a bounded number of files."""
+    from raywarp.cli import main as cli_main
+    from raywarp.pipeline.manifest import COMPACT_EVERY
+
+    manifest = Manifest(str(tmp_path / "out"))
+    manifest.start_run(CONFIG, "h")
+    rm = manifest.fs.rm
+    for batch in range(5_000 // COMPACT_EVERY + 1):
+        commits(manifest, min(COMPACT_EVERY, 5_000 - batch * COMPACT_EVERY), rows_each=4, start=batch * COMPACT_EVERY)
+        if batch == 10:  # killed mid-delete
+            monkeypatch.setattr(manifest.fs, "rm", lambda paths, *a, **k: (rm(sorted(paths)[:7]), 1 / 0))
+            with pytest.raises(ZeroDivisionError):
+                manifest.compact(COMPACT_EVERY)
+            monkeypatch.setattr(manifest.fs, "rm", rm)
+        else:
+            manifest.compact(COMPACT_EVERY)
+    reader = Manifest(str(tmp_path / "out"))
+    reads = count_reads(reader, monkeypatch)
+    started = time.perf_counter()
+    status = reader.status()
+    seconds = time.perf_counter() - started
+    print(f"status over 20,000 rows in 5,000 commits: {seconds:.2f} s, {len(set(reads))} files read")
+    assert status["clips_done"] == 20_000 and status["frames_done"] == 20_000
+    assert len({r for r in reads if "/progress/" in r}) <= COMPACT_EVERY + 1
+    assert cli_main(["status", str(tmp_path / "out")]) == 0
+    assert "20000 done, 0 failed, 0 pending" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_twenty_thousand_rows_on_s3(s3_bucket, monkeypatch):
+    """The same on the S3 server: 20,000 rows in 500 commits, compacted as the driver
+    does, one compaction interrupted between its checkpoint and its deletes."""
+    bucket, options = s3_bucket
+    manifest = Manifest(f"s3://{bucket}/out", options)
+    rm = manifest.fs.rm
+    for batch in range(4):
+        commits(manifest, 125, rows_each=40, start=batch * 125)
+        if batch == 2:
+            monkeypatch.setattr(manifest.fs, "rm", lambda *a, **k: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                manifest.compact()
+            monkeypatch.setattr(manifest.fs, "rm", rm)
+        else:
+            manifest.compact()
+    reader = Manifest(f"s3://{bucket}/out", options)
+    reads = count_reads(reader, monkeypatch)
+    started = time.perf_counter()
+    latest = reader.latest()
+    print(f"S3: latest of 20,000 rows in {time.perf_counter() - started:.2f} s, {len(reads)} files read")
+    assert len(latest) == 20_000 and reader.progress().num_rows == 20_000
+    assert len(set(reads)) == 1  # the checkpoint; its leftovers were deleted by the next compaction

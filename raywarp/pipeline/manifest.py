@@ -7,12 +7,13 @@ see the same state::
     DST/_raywarp/run.json                 config + config_hash + created_at + attempts (start times)
     DST/_raywarp/videos.parquet           probe table: one row per source video
     DST/_raywarp/clips.parquet            plan table: one row per unit of work (id, frames, ...)
-    DST/_raywarp/progress/part-*.parquet  append-only: one row per clip/video attempt
-    DST/_raywarp/payload/<key>.npz        arrays (frames, anchor trajectories)
+    DST/_raywarp/progress/part-*.parquet        append-only: one file per commit (rows of clip/video attempts)
+    DST/_raywarp/progress/checkpoint-<N>.parquet  every row of checkpoint N−1 and of the parts it names
+    DST/_raywarp/payload/<key>.zip              arrays: frames as PNG (lossless), others as deflated .npy
 
 Commit protocol. S3 has no atomic rename, so nothing is ever moved into place:
 
-1. A unit writes its payload first, to a deterministic key (``payload/<key>.npz`` or the
+1. A unit writes its payload first, to a deterministic key (``payload/<key>.zip`` or the
    output video). A retry overwrites it with identical bytes, so a half-finished attempt
    leaves nothing a later one could trip over.
 2. The commit record comes last: a progress row with status 'done' (or 'failed').
@@ -20,6 +21,17 @@ Commit protocol. S3 has no atomic rename, so nothing is ever moved into place:
    unique name; no part file is ever rewritten, so concurrent writers never race.
 3. The state of a unit is its latest progress row (by ``finished_at``). A unit whose
    payload exists but has no 'done' row is simply redone.
+
+Compaction, so that reading the log costs a bounded number of files however many
+commits a run makes (a checkpoint in the manner of Delta Lake's). ``compact()`` reads
+the newest checkpoint N and the part files it does not name, writes checkpoint N+1
+holding all their rows and naming those parts, create-once (``If-None-Match: *`` on
+S3, a hard link locally), and only then deletes the parts it names and older
+checkpoints. Readers take the newest checkpoint and the parts it does not name, so an
+interrupted compaction loses nothing: before the checkpoint exists nothing changed;
+after, the parts it names are ignored whether deleted or not, and the next compaction
+deletes the leftovers. Two compactors racing for N+1: one wins, the other gives up. A
+reader whose listing went stale under a compactor's deletes reads again.
 
 Every file is serialised in memory and written with one PUT (locally: a temp file
 renamed into place), so readers never see half a file.
@@ -29,14 +41,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import uuid
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import cv2
 import fsspec
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -65,8 +81,23 @@ KINDS = ("seam", "clip", "video")
 STATUSES = ("done", "failed")
 TABLES = ("videos", "clips")
 
-# A fixed zip member date keeps npz bytes a function of the arrays alone.
+# A fixed zip member date keeps payload bytes a function of the arrays alone.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_PNG_LEVEL = [cv2.IMWRITE_PNG_COMPRESSION, 3]  # zlib level: close to 9's size at a fraction of its time
+COMPACT_EVERY = 256  # uncommitted part files a reader may meet before the driver compacts
+_CHECKPOINT_PARTS = b"raywarp.parts"  # parquet metadata key: JSON list of the part names a checkpoint holds
+_READ_RETRIES = 5
+
+
+@dataclass
+class _Log:
+    """One read of the progress log."""
+
+    checkpoint: tuple[int, str] | None  # the newest checkpoint (number, path)
+    parts: list[str]  # every part file listed
+    held: set[str] = field(default_factory=set)  # part names the checkpoint holds
+    fresh: list[str] = field(default_factory=list)  # part paths read beside it
+    rows: pa.Table | None = None
 
 
 class ConfigMismatchError(Exception):
@@ -96,18 +127,27 @@ class Manifest:
     def _path(self, rel: str) -> str:
         return f"{self._root}/{rel}"
 
-    def _put(self, rel: str, data: bytes) -> str:
-        """Write ``data`` at ``rel`` in one go; returns its URI."""
+    def _put(self, rel: str, data: bytes, create: bool = False) -> str:
+        """Write ``data`` at ``rel`` in one go; returns its URI.
+
+        create: only if nothing is there yet, atomically; FileExistsError otherwise.
+        """
         path = self._path(rel)
         if self._local:
-            # A local write is not atomic; a rename within the directory is.
+            # A local write is not atomic; a rename (or a link) within the directory is.
             parent, name = path.rsplit("/", 1)
             self.fs.makedirs(parent, exist_ok=True)
             tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
             self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)  # one PUT: S3 never shows a partial object
+            if create:
+                try:
+                    os.link(tmp, path)  # fails if `path` exists
+                finally:
+                    os.unlink(tmp)
+            else:
+                self.fs.mv(tmp, path)
+        else:  # one PUT: S3 never shows a partial object; If-None-Match: * for create
+            self.fs.pipe_file(path, data, **({"mode": "create"} if create else {}))
         return self.uri(rel)
 
     def _get(self, rel: str) -> bytes:
@@ -182,42 +222,91 @@ class Manifest:
         if not rows:
             raise ValueError("append_progress needs at least one row")
         rows = [_check_progress_row(r) for r in rows]
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA), buf)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        return self._put(f"progress/part-{stamp}-{uuid.uuid4().hex}.parquet", buf.getvalue())
+        return self._put(f"progress/part-{stamp}-{uuid.uuid4().hex}.parquet",
+                         _parquet_bytes(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA)))
 
-    def progress(self) -> pa.Table:
-        """All progress rows, part files in name (= time) order; unreadable parts skipped."""
+    def _log_files(self) -> tuple[tuple[int, str] | None, list[str]]:
+        """(newest checkpoint as (number, path) or None, part paths in name order)."""
         folder = self._path("progress")
-        # Other processes write parts: drop s3fs's cached listing before listing.
-        self.fs.invalidate_cache(folder)
+        self.fs.invalidate_cache(folder)  # other processes write: drop s3fs's cached listing
         try:
             names = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
             names = []
-        parts = sorted(p for p in names if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
-        blobs = self.fs.cat(parts, on_error="return") if parts else {}  # concurrent on S3
-        tables = []
-        for part in parts:
+        checkpoints, parts = [], []
+        for path in names:
+            name = _name(path)
+            if name.startswith("checkpoint-") and name.endswith(".parquet"):
+                checkpoints.append((int(name[len("checkpoint-"):-len(".parquet")]), path))
+            elif name.startswith("part-") and name.endswith(".parquet"):
+                parts.append(path)
+        return max(checkpoints, default=None), sorted(parts)
+
+    def _read_log(self) -> _Log:
+        """The whole progress log; lists again when a compactor deleted files between
+        the listing and the reads."""
+        for _ in range(_READ_RETRIES):
+            checkpoint, parts = self._log_files()
             try:
-                blob = blobs[part]
-                if isinstance(blob, BaseException):
-                    raise blob
-                tables.append(pq.read_table(io.BytesIO(blob)).cast(PROGRESS_SCHEMA))
-            except Exception as err:  # a zero-byte leftover, a part deleted meanwhile, ...
-                warnings.warn(f"skipping unreadable progress part {part}: {err!r}", stacklevel=2)
-        return pa.concat_tables(tables) if tables else PROGRESS_SCHEMA.empty_table()
+                log, tables = _Log(checkpoint, parts), []
+                if checkpoint is not None:
+                    table = pq.read_table(io.BytesIO(self.fs.cat_file(checkpoint[1])))
+                    log.held = set(json.loads((table.schema.metadata or {}).get(_CHECKPOINT_PARTS, b"[]")))
+                    tables.append(table.replace_schema_metadata(None).cast(PROGRESS_SCHEMA))
+                log.fresh = [p for p in parts if _name(p) not in log.held]
+                blobs = self.fs.cat(log.fresh, on_error="return") if log.fresh else {}  # concurrent on S3
+                if any(isinstance(blobs.get(p), FileNotFoundError) for p in log.fresh):
+                    continue  # compacted meanwhile: its rows are in a newer checkpoint
+            except FileNotFoundError:
+                continue
+            for part in log.fresh:
+                try:
+                    blob = blobs[part]
+                    if isinstance(blob, BaseException):
+                        raise blob
+                    tables.append(pq.read_table(io.BytesIO(blob)).cast(PROGRESS_SCHEMA))
+                except Exception as err:  # a zero-byte leftover, a foreign file, ...
+                    warnings.warn(f"skipping unreadable progress part {part}: {err!r}", stacklevel=3)
+            log.rows = pa.concat_tables(tables) if tables else PROGRESS_SCHEMA.empty_table()
+            return log
+        raise RuntimeError(f"{self.root}/progress changed under {_READ_RETRIES} reads in a row")
+
+    def progress(self) -> pa.Table:
+        """All progress rows in write order: the newest checkpoint's, then the newer parts'."""
+        return self._read_log().rows
+
+    def compact(self, min_parts: int = 1) -> int:
+        """Fold the part files into a new checkpoint (see the module docstring); returns
+        how many parts it folded (0: fewer than ``min_parts``, or another compactor won)."""
+        log = self._read_log()
+        if len(log.fresh) < min_parts:
+            return 0
+        # Parts an interrupted compaction failed to delete stay named until they are gone.
+        named = sorted(log.held & {_name(p) for p in log.parts}) + [_name(p) for p in log.fresh]
+        table = log.rows.replace_schema_metadata({_CHECKPOINT_PARTS: json.dumps(named).encode()})
+        number = log.checkpoint[0] if log.checkpoint else 0
+        try:
+            self._put(f"progress/checkpoint-{number + 1:012d}.parquet", _parquet_bytes(table), create=True)
+        except FileExistsError:
+            return 0  # another compactor wrote this checkpoint first
+        named = set(named)
+        self.fs.rm([p for p in log.parts if _name(p) in named] + ([log.checkpoint[1]] if log.checkpoint else []))
+        return len(log.fresh)
 
     def latest(self, progress: pa.Table | None = None) -> dict[str, dict]:
-        """Per id, the row of its latest attempt (by finished_at): each unit's current state."""
-        rows = (self.progress() if progress is None else progress).to_pylist()
-        current: dict[str, dict] = {}
-        for row in rows:  # parts come in write order, so on a tie the later write wins
-            prev = current.get(row["id"])
-            if prev is None or row["finished_at"] >= prev["finished_at"]:
-                current[row["id"]] = row
-        return current
+        """Per id, the row of its latest attempt (by finished_at; a tie goes to the later
+        write): each unit's current state."""
+        table = self.progress() if progress is None else progress
+        if table.num_rows == 0:
+            return {}
+        table = table.append_column("_order", pa.array(range(table.num_rows), pa.int64()))
+        table = table.sort_by([("id", "ascending"), ("finished_at", "ascending"), ("_order", "ascending")])
+        ids = table.column("id")
+        last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))  # the last row of every id
+        keep = pa.concat_arrays([c for c in last.chunks] + [pa.array([True])]) if len(ids) > 1 else pa.array([True])
+        rows = table.filter(keep).drop_columns(["_order"]).to_pylist()
+        return {r["id"]: r for r in rows}
 
     def committed(self) -> set[str]:
         """Ids whose latest row is 'done'."""
@@ -226,23 +315,32 @@ class Manifest:
     # -- payload arrays -------------------------------------------------------------
 
     def put_arrays(self, key: str, **arrays: np.ndarray) -> str:
-        """Store ``arrays`` at ``payload/<key>.npz`` (one PUT); returns its URI.
+        """Store ``arrays`` at ``payload/<key>.zip`` (one PUT); returns its URI.
 
-        The bytes depend only on the arrays (names sorted, fixed zip dates), so a retry
-        overwrites a payload with identical bytes.
+        Frame stacks (uint8 (T, H, W, 3)) are stored as one lossless PNG per frame, other
+        arrays as deflated ``.npy``. The bytes depend only on the arrays (names sorted,
+        fixed zip dates), so a retry overwrites a payload with identical bytes.
         """
-        return self._put(_payload_rel(key), _npz_bytes(arrays))
+        return self._put(_payload_rel(key), _payload_bytes(arrays))
 
     def get_arrays(self, key: str) -> dict[str, np.ndarray]:
         """The arrays stored at ``key``."""
-        with np.load(io.BytesIO(self._get(_payload_rel(key))), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        return _payload_arrays(self._get(_payload_rel(key)))
 
     def has_arrays(self, key: str) -> bool:
         """Whether a payload exists at ``key`` (it counts only once a 'done' row commits it)."""
         path = self._path(_payload_rel(key))
         self.fs.invalidate_cache(path)
         return self.fs.exists(path)
+
+    def payload_bytes(self) -> int:
+        """Total size of all payload files (what a run keeps besides its videos)."""
+        folder = self._path("payload")
+        self.fs.invalidate_cache(folder)
+        try:
+            return sum(info["size"] for info in self.fs.find(folder, detail=True).values())
+        except FileNotFoundError:
+            return 0
 
     # -- status ---------------------------------------------------------------------
 
@@ -342,22 +440,55 @@ def _payload_rel(key: str) -> str:
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"bad payload key {key!r}: need non-empty '/'-separated names, no '.' or '..'")
-    return f"payload/{key}.npz"
+    return f"payload/{key}.zip"
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An uncompressed .npz that np.load reads, with bytes depending on the arrays only.
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
-    np.savez is deterministic today only because zipfile happens to default member dates
-    to 1980; writing the zip here pins that, and sorting makes argument order irrelevant.
-    """
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-            with zf.open(member, "w", force_zip64=True) as f:  # zip64 as np.savez does
-                np.lib.format.write_array(f, np.asarray(arrays[name]), allow_pickle=False)
+    pq.write_table(table, buf)
     return buf.getvalue()
+
+
+def _is_frames(a: np.ndarray) -> bool:
+    return a.dtype == np.uint8 and a.ndim == 4 and a.shape[-1] == 3 and a.shape[0] > 0
+
+
+def _payload_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A zip whose bytes depend on the arrays only: frame stacks as ``name/000000.png``…
+    (RGB, lossless), other arrays as deflated ``name.npy``, names sorted, fixed dates."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in sorted(arrays):
+            a = np.asarray(arrays[name])
+            if _is_frames(a):  # PNG already deflates: store it as is
+                for i, frame in enumerate(a):
+                    ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), _PNG_LEVEL)
+                    zf.writestr(zipfile.ZipInfo(f"{name}/{i:06d}.png", date_time=_ZIP_DATE), png.tobytes())
+                continue
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _payload_arrays(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a payload written by `_payload_bytes`."""
+    out, frames = {}, {}
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.endswith(".png"):
+                stack = frames.setdefault(name.rsplit("/", 1)[0], [])
+                png = np.frombuffer(zf.read(name), np.uint8)
+                stack.append(cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+            else:
+                with zf.open(name) as f:
+                    out[name[: -len(".npy")]] = np.lib.format.read_array(f, allow_pickle=False)
+    return {**out, **{name: np.stack(stack) for name, stack in frames.items()}}
 
 
 def _column_dict(table: pa.Table | None, key: str, value: str) -> dict:
