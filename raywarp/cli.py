@@ -2,7 +2,8 @@
 
     raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
                 [--mode warped|gp-warp|independent|fixed] [--clip-len 16] [--overlap 4]
-                [--steps N] [--guidance λ] [--address auto|URL] [--gpus-per-actor F] [--max-actors N]
+                [--steps N] [--guidance λ] [--flow-from baseline|input] [--address auto|URL]
+                [--gpus-per-actor F] [--actor-cpus F] [--min-actors N] [--max-actors N]
     raywarp status DST
     raywarp demo [--out DIR]
 
@@ -39,8 +40,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=sampler.guidance, help="self-guidance strength λ")
     p.add_argument("--strength", type=float, default=sampler.strength, help="1: sample from noise; < 1: refine the baseline")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--flow-from", choices=("baseline", "input"), default=defaults.flow_from,
+                   help="SR: estimate motion on the bicubic baseline or on the low-resolution input")
     p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")
+    p.add_argument("--actor-cpus", type=float, default=defaults.actor_cpus, help="logical CPUs (and threads) per worker actor")
     p.add_argument("--min-actors", type=int, default=defaults.min_actors)
     p.add_argument("--max-actors", type=int, default=defaults.max_actors)
     add_s3_args(p)
@@ -55,8 +59,9 @@ def add_s3_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     sampler = SamplerConfig(mode=args.mode, steps=args.steps, guidance=args.guidance, strength=args.strength)
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
-                     sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed,
-                     gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors)
+                     sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
+                     gpus_per_actor=args.gpus_per_actor, actor_cpus=args.actor_cpus, min_actors=args.min_actors,
+                     max_actors=args.max_actors)
 
 
 def storage_options_from_args(args: argparse.Namespace) -> dict | None:

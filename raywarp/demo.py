@@ -15,8 +15,6 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from raywarp import inverse, metrics, synthetic
 from raywarp.pipeline.config import RunConfig
@@ -24,16 +22,12 @@ from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.run import run
 from raywarp.sampler import SamplerConfig
+from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
 SCENES = {  # name: (photo, motion kwargs)
     "coffee-pan": ("coffee", {"shift": (1.0, 0.5), "angle_deg": 0.5}),
     "rocket-zoom": ("rocket", {"zoom": 1.01}),
 }
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(T,3,H,W) in [0,1] → (T,H,W,3) uint8."""
-    return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def make_inputs(folder: Path, frames: int, size) -> dict:
@@ -45,14 +39,13 @@ def make_inputs(folder: Path, frames: int, size) -> dict:
         motion = synthetic.affine_motion(size, **motion_kwargs)
         video, fwd = synthetic.affine_video(photo, frames, size, motion)
         bwd = synthetic.affine_backward_flow(motion, size).expand(frames - 1, -1, -1, -1)
-        encode_video(iter(to_uint8(op.degrade(video))), str(folder / f"{name}.mp4"), Fraction(24), crf=8)
+        encode_video(iter(tensor_to_frames(op.degrade(video))), str(folder / f"{name}.mp4"), Fraction(24), crf=8)
         truth[name] = (video, fwd, bwd)
     return truth
 
 
 def score(path: Path, video, fwd, bwd) -> tuple[float, float]:
-    out = decode_span(str(path), 0, video.shape[0])
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+    x = frames_to_tensor(decode_span(str(path), 0, video.shape[0]))
     return float(metrics.warping_error(x, fwd, bwd)), float(metrics.psnr(x, video))
 
 

@@ -270,19 +270,37 @@ def motion_boundary(flow):
 from raywarp.densify import densify  # noqa: E402,F401
 
 
-def restoration_flows(baseline, observed, method: str = "dis", densify_method: str = "neuroexplicit"):
+def resize_flow(flow, size):
+    """Flow (B, 2, H, W) resampled to `size` = (h, w), its vectors rescaled to the new pixels.
+
+    Bilinear, antialiased when shrinking (a pooled flow, as the grid of a latent model
+    sees it); returns `flow` itself when the size already matches.
+    """
+    f = as_batch(flow, "flow", channels=2)
+    h, w = size
+    if tuple(f.shape[-2:]) == (h, w):
+        return flow
+    shrink = h < f.shape[-2] or w < f.shape[-1]
+    out = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    scale = torch.tensor([w / f.shape[-1], h / f.shape[-2]], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
+    return to_like(out * scale, flow)
+
+
+def restoration_flows(guide, observed, size=None, method: str = "dis", densify_method: str = "neuroexplicit"):
     """The dense flows a restoration samples along, from a degraded clip.
 
-    baseline: (T,3,H,W) the classical restoration (bicubic upsampling, harmonic fill) at
-    output size; observed: (T,1,H,W) 1 where the measurement saw the pixel. Flow is
-    estimated on the baseline both ways, and filled by `densify` wherever the
+    guide: (T,3,H,W) the frames to estimate motion on (the classical restoration, or the
+    low-resolution input for SR); observed: (T,1,H,W) 1 where the measurement saw the
+    pixel; size: (h, w) to return the flows at (the sampler's grid; default the guide's).
+    Flow is estimated on the guide both ways and filled by `densify` wherever the
     forward–backward check fails or the start pixel was not observed (an inpainting hole
-    has no trustworthy motion of its own). Returns (fwd (T−1,2,H,W), bwd (T−1,2,H,W)).
+    has no trustworthy motion of its own). Returns (fwd (T−1,2,h,w), bwd (T−1,2,h,w)).
     """
-    fwd = estimate(baseline[:-1], baseline[1:], method=method)
-    bwd = estimate(baseline[1:], baseline[:-1], method=method)
+    fwd = estimate(guide[:-1], guide[1:], method=method)
+    bwd = estimate(guide[1:], guide[:-1], method=method)
     fwd_known = consistency_mask(fwd, bwd) * observed[:-1]
     bwd_known = consistency_mask(bwd, fwd) * observed[1:]
-    fwd = densify(fwd, fwd_known, baseline[:-1], method=densify_method) if fwd_known.min() < 1 else fwd
-    bwd = densify(bwd, bwd_known, baseline[1:], method=densify_method) if bwd_known.min() < 1 else bwd
-    return fwd, bwd
+    fwd = densify(fwd, fwd_known, guide[:-1], method=densify_method) if fwd_known.min() < 1 else fwd
+    bwd = densify(bwd, bwd_known, guide[1:], method=densify_method) if bwd_known.min() < 1 else bwd
+    size = size or tuple(guide.shape[-2:])
+    return resize_flow(fwd, size), resize_flow(bwd, size)

@@ -16,27 +16,27 @@ occluded pixels are masked out by the forward–backward check (M, M'), and the 
 normalised (Gauss–Newton, see `gauss_newton_step`): λ is the fraction of the
 inconsistency removed per step, so one λ works for any model and noise level.
 
-Anchors (cross-shard stitching): the caller may fix the per-step x̂0 trajectory of the
-first and/or last frame of the clip (frames owned by a neighbouring clip); the sampler
-guides toward them, outputs them unchanged, and returns the trajectories of its own
-boundary frames.
+Anchors (cross-shard stitching): the caller may fix the first and/or last frame of the
+clip to a known image (a frame a neighbouring unit already restored). Its x̂0 is that
+image at every step, so the clip's next frame is guided toward it exactly as interior
+frames are guided toward their neighbours, and it is output unchanged.
 
 Measurement consistency: pixel models project x̂0 onto the measurements after every
 prediction (DDNM: x̂0 + A⁺(y − A x̂0)) or follow the DPS gradient; every model gets a
 final projection of the decoded output, so outputs agree with the measurements.
 
 Frames stream through the denoiser `batch_size` at a time, so a clip's length is not
-bounded by accelerator memory. Shapes: frames (T, 3, H, W) in [0, 1]; flows (T−1, 2, H, W)
-in pixels at output resolution; u-space tensors (T, C, h, w) with H = h · scale_factor.
+bounded by accelerator memory. Shapes: frames (T, 3, H, W) in [0, 1]; u-space tensors
+(T, C, h, w) with H = h · scale_factor; flows (T−1, 2, h, w) in u-space pixels (the grid
+the model samples on: `raywarp.flow.resize_flow` brings output-resolution flows there).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from raywarp import flow as rflow
 from raywarp import noise as rnoise
@@ -80,9 +80,6 @@ class SamplerConfig:
 @dataclass
 class ClipResult:
     frames: torch.Tensor  # (T, 3, H, W) in [0, 1]
-    start_trajectory: torch.Tensor  # (steps, C, h, w): x̂0 of frame 0 at every step
-    end_trajectory: torch.Tensor  # (steps, C, h, w): x̂0 of frame T−1 at every step
-    seconds: dict = field(default_factory=dict)
 
 
 def guidance_weights(config: SamplerConfig) -> list[float]:
@@ -101,18 +98,6 @@ def start_timesteps(denoiser, config: SamplerConfig) -> torch.Tensor:
         return denoiser.timesteps(config.steps)
     full = denoiser.timesteps(min(denoiser.num_train_timesteps, math.ceil(config.steps / config.strength)))
     return full[full < config.strength * denoiser.num_train_timesteps][: config.steps]
-
-
-def to_u_grid(flows: torch.Tensor, factor: int) -> torch.Tensor:
-    """Flows at image resolution (N,2,H,W) → u-space resolution (N,2,H/f,W/f), values / f."""
-    if factor == 1:
-        return flows
-    return F.avg_pool2d(flows, factor) / factor
-
-
-def to_u_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """A validity mask at image resolution → u-space: valid only if every covered pixel is."""
-    return mask if factor == 1 else -F.max_pool2d(-mask, factor)
 
 
 def initial_noise(config: SamplerConfig, shape, seed: int, frame_index: torch.Tensor, coords: torch.Tensor | None):
@@ -144,13 +129,12 @@ def chain_coords(backward_flows: torch.Tensor, height: int, width: int, start: t
 class _Clip:
     """Per-clip tensors the step loop needs, prepared once (u-space flows and masks)."""
 
-    def __init__(self, denoiser, flows_fwd, flows_bwd, device):
-        s = denoiser.scale_factor
-        self.fwd = to_u_grid(flows_fwd, s).to(device)
-        self.bwd = to_u_grid(flows_bwd, s).to(device)
+    def __init__(self, flows_fwd, flows_bwd, device):
+        self.fwd = flows_fwd.to(device)
+        self.bwd = flows_bwd.to(device)
         # Pixels of frame j−1 whose match in frame j is reliable, and vice versa.
-        self.mask_prev = to_u_mask(rflow.consistency_mask(flows_fwd, flows_bwd), s).to(device)
-        self.mask_next = to_u_mask(rflow.consistency_mask(flows_bwd, flows_fwd), s).to(device)
+        self.mask_prev = rflow.consistency_mask(self.fwd, self.bwd)
+        self.mask_next = rflow.consistency_mask(self.bwd, self.fwd)
 
 
 def _self_guidance_energy(x0, idx, x0_all, clip: _Clip) -> torch.Tensor:
@@ -224,18 +208,16 @@ def sample_clip(
     """Restore a clip.
 
     observations: (T, …) measurements y of the T frames (LR frames for SR, masked frames
-    for inpainting), as `operator` defines them. flows_fwd / flows_bwd: (T−1, 2, H, W)
-    flows t→t+1 and t+1→t at OUTPUT resolution, already dense (see `raywarp.flow.densify`).
-    seed: per video. frame_index: (T,) global frame numbers (default 0..T−1).
-    noise_coords: (T, 2, h, w) GP coordinates in the video's chain (default: chained
-    from the identity at frame 0). start_anchor / end_anchor: (steps, C, h, w) fixed x̂0
-    trajectories of frames 0 / T−1 (frames owned by a neighbouring clip).
+    for inpainting), as `operator` defines them. flows_fwd / flows_bwd: (T−1, 2, h, w)
+    flows t→t+1 and t+1→t on the model's grid (output size / scale_factor), already dense
+    (see `raywarp.flow.restoration_flows`). seed: per video. frame_index: (T,) global
+    frame numbers (default 0..T−1). noise_coords: (T, 2, h, w) GP coordinates in the
+    video's chain (default: chained from the identity at frame 0). start_anchor /
+    end_anchor: (3, H, W) known images of frames 0 / T−1 (restored by a neighbouring unit).
     """
     y, fwd, bwd = check_clip(observations, flows_fwd, flows_bwd)
     t = y.shape[0]
     height, width = operator.output_size(y)
-    if fwd.shape[0] and tuple(fwd.shape[-2:]) != (height, width):
-        raise ValueError(f"flows_fwd: flows must be at output resolution {(height, width)}, got {tuple(fwd.shape[-2:])}")
     s = denoiser.scale_factor
     if height % (s * denoiser.multiple) or width % (s * denoiser.multiple):
         raise ValueError(
@@ -243,20 +225,24 @@ def sample_clip(
             "for this model; pad the measurement (raywarp.inverse) and crop the result"
         )
     h, w, c = height // s, width // s, denoiser.channels
+    if fwd.shape[0] and tuple(fwd.shape[-2:]) != (h, w):
+        raise ValueError(f"flows_fwd: flows must be on the model's grid {(h, w)} (output size / {s}), "
+                         f"got {tuple(fwd.shape[-2:])}; see raywarp.flow.resize_flow")
     frame_index = torch.arange(t) if frame_index is None else torch.as_tensor(frame_index)
     timesteps = start_timesteps(denoiser, config)
-    anchors = {0: start_anchor, t - 1: end_anchor}
-    for j, a in anchors.items():
-        if a is not None and tuple(a.shape) != (len(timesteps), c, h, w):
-            raise ValueError(f"anchor for frame {j}: expected shape {(len(timesteps), c, h, w)}, got {tuple(a.shape)}")
+    known = {j: a for j, a in ((0, start_anchor), (t - 1, end_anchor)) if a is not None}
+    for j, a in known.items():
+        if tuple(a.shape) != (3, height, width):
+            raise ValueError(f"anchor for frame {j}: expected an image of shape {(3, height, width)}, got {tuple(a.shape)}")
+    anchors = {j: denoiser.encode(a[None].to(device)) for j, a in known.items()}  # their x̂0, fixed
     if config.mode in ("gp-warp", "warped") and noise_coords is None:
-        noise_coords = chain_coords(to_u_grid(bwd, s).double(), h, w)
+        noise_coords = chain_coords(bwd.double(), h, w)
 
     y = y.to(device)
     baseline = operator.baseline(y)
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,
             "mask": operator.known(y)}
-    clip = _Clip(denoiser, fwd, bwd, device) if t > 1 else None
+    clip = _Clip(fwd, bwd, device) if t > 1 else None
     spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]
     u = initial_noise(config, (t, c, h, w), seed, frame_index, noise_coords).to(device)
     abar = denoiser.alphas_cumprod
@@ -268,22 +254,21 @@ def sample_clip(
     lambdas = lambdas[: len(timesteps)]
     project_each_step = config.consistency == "project" and denoiser.space == "pixel"
     dps = config.consistency == "dps"
-    start_traj, end_traj = [], []
 
     batches = [list(range(a, b)) for a, b in spans]
     ops = [operator.select(a, b) for a, b in spans]  # per-frame masks follow their frames
     conds = [denoiser.condition(y[a:b], {k: (v[a:b] if torch.is_tensor(v) else v) for k, v in info.items()})
              for a, b in spans]
 
-    def predict(u_b, step, ti, idx, cond, op):
+    def predict(u_b, ti, idx, cond, op):
         x0 = denoiser.predict_x0(u_b, ti, cond)
         if denoiser.space == "pixel":  # DDIM's clip_sample: images live in [-1, 1]
             x0 = x0.clamp(-1, 1)
         if project_each_step:
             x0 = denoiser.encode(op.project(denoiser.decode(x0), y[idx]))
-        for k, j in enumerate(idx):  # anchored frames take the neighbour's trajectory
-            if anchors.get(j) is not None:
-                x0 = torch.cat([x0[:k], anchors[j][step : step + 1].to(x0), x0[k + 1 :]])
+        for k, j in enumerate(idx):  # an anchored frame is known: its x̂0 is the anchor
+            if j in anchors:
+                x0 = torch.cat([x0[:k], anchors[j].to(x0), x0[k + 1 :]])
         return x0
 
     for step, ti in enumerate(timesteps.tolist()):
@@ -293,12 +278,12 @@ def sample_clip(
         need_grad = lam > 0 or dps
         if lam > 0:  # neighbours' predictions at this step, held fixed in the energy
             with torch.no_grad():
-                x0_all = torch.cat([predict(u[idx], step, ti, idx, cond, op) for idx, cond, op in zip(batches, conds, ops)])
+                x0_all = torch.cat([predict(u[idx], ti, idx, cond, op) for idx, cond, op in zip(batches, conds, ops)])
         new_u, x0_list = [], []
         for idx, cond, op in zip(batches, conds, ops):
             u_b = u[idx].detach().requires_grad_(need_grad)
             with torch.set_grad_enabled(need_grad):
-                x0 = predict(u_b, step, ti, idx, cond, op)
+                x0 = predict(u_b, ti, idx, cond, op)
                 step_u = torch.zeros_like(u_b)
                 if lam > 0:
                     e = _self_guidance_energy(x0, idx, x0_all, clip)
@@ -314,13 +299,13 @@ def sample_clip(
             x0_list.append(x0)
         u = torch.cat(new_u)
         x0_step = torch.cat(x0_list)
-        start_traj.append(x0_step[0].cpu())
-        end_traj.append(x0_step[-1].cpu())
 
     with torch.no_grad():
         images = torch.cat([denoiser.decode(x0_step[idx]) for idx in batches])
         images = consistent_images(operator, images, y)
-    return ClipResult(images.cpu(), torch.stack(start_traj), torch.stack(end_traj))
+    for j, a in known.items():  # known frames are output as given
+        images[j] = a.to(images)
+    return ClipResult(images.cpu())
 
 
 def consistent_images(operator, images: torch.Tensor, y: torch.Tensor, iterations: int = 20) -> torch.Tensor:

@@ -57,3 +57,14 @@ def to_like(y: torch.Tensor, like) -> torch.Tensor | np.ndarray:
         out = y.detach().cpu().numpy()
         return out[0] if like.ndim == 3 else out
     return y
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """Video frames (T, H, W, 3) uint8 → (T, 3, H, W) float in [0, 1]."""
+    # np.require copies only a read-only (e.g. Ray object store) or strided array
+    return torch.from_numpy(np.require(frames, requirements=["C", "W"])).permute(0, 3, 1, 2).float() / 255
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) float in [0, 1] → video frames (T, H, W, 3) uint8 (clamped, rounded)."""
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

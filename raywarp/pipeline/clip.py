@@ -1,15 +1,17 @@
-"""One unit's work as plain functions (no Ray): measure → flow → noise coordinates → sample.
+"""One unit's work as plain functions (no Ray): measure → flows → end map → restore.
 
 The Ray stages (`raywarp.pipeline.stages`) call these, and so does the plain
 single-process loop the pipeline benchmark compares against, so both do the same work.
-Frames travel as uint8 (T, H, W, 3) arrays; flows as float32 (T−1, 2, H, W) at output
-resolution; anchors are the seams' payloads (see `raywarp.pipeline.plan`).
+Frames travel as uint8 (T, H, W, 3) arrays. Flows are computed once per unit, on the
+grid the model samples on (its u-space: output size / scale_factor, padded to the
+model's multiple), and used there: by the sampler, for the unit's end map, for the
+noise coordinates.
 
 Noise coordinates are global per video, so a frame shared by two units gets the same GP
 noise in both: each unit reports its *end map* (where its last frame's pixels sit in its
-first frame, through its own flows), and `start_coords` scans these maps along the
-video (one cheap composition per unit) to give every unit the coordinates of its first
-frame. Each unit then chains on from there with its own flows.
+first frame, through its own flows), and `advance` carries a unit's first-frame
+coordinates through it to the next unit's first frame (one cheap composition per unit).
+Each unit then chains on from there with its own flows.
 """
 
 from __future__ import annotations
@@ -19,49 +21,97 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from raywarp import flow as rflow
 from raywarp import inverse
 from raywarp import noise as rnoise
 from raywarp.pipeline.config import RunConfig
-from raywarp.sampler import chain_coords, sample_clip, to_u_grid
+from raywarp.sampler import chain_coords, sample_clip
+from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
 
 @dataclass
 class Measurement:
-    """What the restoration starts from: operator, measurements y (T,3,h,w) and output size."""
+    """What a unit's restoration starts from.
+
+    op, y: the operator and measurements (T, 3, h, w) of the frames; size: their output
+    size. padded_op, padded_y: the same padded so the output is a multiple of the model's
+    multiple; grid: the model's u-space size (h, w) at that padded output size.
+    """
 
     op: object
     y: torch.Tensor
     size: tuple[int, int]
+    padded_op: object
+    padded_y: torch.Tensor
+    grid: tuple[int, int]
 
 
-def measure(frames: np.ndarray, config: RunConfig, start: int, video_frames: int) -> Measurement:
+def measure(frames: np.ndarray, config: RunConfig, start: int, video_frames: int, geometry: tuple[int, int]) -> Measurement:
     """The measurement of frames [start, start + T) of a video of `video_frames` frames.
 
+    geometry: the model's (scale_factor, multiple) (`raywarp.models.geometry`).
     SR: the frames are the low-resolution input. Inpainting: the hole mask is built at the
     frame size for the whole video (moving shapes and per-frame mask files depend on the
     frame number) and cut to this span; the pixels in the hole are ignored.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"frames: expected (T, H, W, 3) uint8 with T >= 1, got {frames.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+    x = frames_to_tensor(frames)
     mask = None
     if config.task == "inpaint":
         full = inverse.parse_mask(config.mask, x.shape[-2:], video_frames)
         mask = full[start : start + x.shape[0]].contiguous()
     op = inverse.make_operator(config.task, scale=config.scale, kernel=config.kernel, mask=mask)
     y = op.forward(x) if config.task == "inpaint" else x
-    return Measurement(op, y, op.output_size(y))
+    s, multiple = geometry
+    padded_op, padded_y, size = inverse.pad_measurement(op, y, s * multiple)
+    height, width = padded_op.output_size(padded_y)
+    return Measurement(op, y, size, padded_op, padded_y, (height // s, width // s))
 
 
-def flows(m: Measurement, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Dense flows (T−1, 2, H, W) both ways at output size, estimated on the baseline."""
-    if m.y.shape[0] < 2:
-        empty = np.zeros((0, 2, *m.size), np.float32)
+def _resized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images (T, C, H, W) at `size`: area-averaged when shrinking, bilinear when growing."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2]
+    return F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def flows(m: Measurement, config: RunConfig, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense flows (T−1, 2, h, w) both ways on the model's grid `m.grid`, float32, on
+    `device` (where densification runs; estimation is OpenCV's, on the CPU).
+
+    config.flow_from: "baseline" estimates on the classical restoration brought to the
+    grid; "input" on the measured frames themselves (for SR the low-resolution input,
+    16× fewer pixels at ×4), the flows then resampled to the grid.
+    """
+    y, op = m.padded_y, m.padded_op
+    if y.shape[0] < 2:
+        empty = torch.zeros(0, 2, *m.grid, device=device)
         return empty, empty
-    fwd, bwd = rflow.restoration_flows(m.op.baseline(m.y), m.op.known(m.y), config.flow_method, config.densify_method)
-    return fwd.numpy(), bwd.numpy()
+    if config.flow_from == "input" and config.task == "sr":
+        guide, observed = y, torch.ones(y.shape[0], 1, *y.shape[-2:])
+    else:  # an area-averaged mask is 1 only where every pixel it covers was observed
+        guide = _resized(op.baseline(y), m.grid)
+        observed = (_resized(op.known(y), m.grid) > 1 - 1e-6).float()
+    return rflow.restoration_flows(guide.to(device), observed.to(device), m.grid, config.flow_method, config.densify_method)
+
+
+def end_map(bwd: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """(2, h, w) float32: the position in the unit's first frame of each pixel of its last,
+    as a displacement from the pixel grid (smooth, so it compresses)."""
+    coords = chain_coords(bwd.double(), *grid)[-1]
+    return (coords - rnoise.pixel_grid(*grid)[0]).float().numpy()
+
+
+def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray:
+    """GP coordinates (2, h, w) of the next unit's first frame (this unit's last), from this
+    unit's first-frame coordinates (None: the identity grid, the video's first unit) and
+    its end map."""
+    first_t = rnoise.pixel_grid(*end.shape[-2:]) if first is None else torch.tensor(first)[None]
+    return rnoise.warp_coords(first_t, torch.tensor(end, dtype=torch.float64)[None])[0].numpy()
 
 
 def video_seed(config: RunConfig, vid: str) -> int:
@@ -69,73 +119,29 @@ def video_seed(config: RunConfig, vid: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{config.seed}|{vid}".encode()).digest()[:4], "little") >> 1
 
 
-def _padded(m: Measurement, fwd: np.ndarray, bwd: np.ndarray, multiple: int):
-    """The measurement and flows padded to the model's multiple (flows by edge replication)."""
-    op, y, size = inverse.pad_measurement(m.op, m.y, multiple)
-    if fwd.shape[0] == 0:  # a one-frame unit has no flows
-        empty = torch.zeros(0, 2, *op.output_size(y))
-        return op, y, size, empty, empty
-    fwd_t, bwd_t = (inverse.pad_to_multiple(torch.from_numpy(f), multiple, "replicate")[0] for f in (fwd, bwd))
-    return op, y, size, fwd_t, bwd_t
+def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, config: RunConfig, seed: int, start: int,
+            first_coords: np.ndarray | None = None, start_anchor: np.ndarray | None = None,
+            end_anchor: np.ndarray | None = None, device="cpu") -> np.ndarray:
+    """Sample the unit's frames; returns them as (T, H, W, 3) uint8 at output size.
 
-
-def _u_size(y: torch.Tensor, op, scale_factor: int) -> tuple[int, int]:
-    up = getattr(op, "scale", 1)
-    return y.shape[-2] * up // scale_factor, y.shape[-1] * up // scale_factor
-
-
-def end_map(m: Measurement, fwd: np.ndarray, bwd: np.ndarray, geometry: tuple[int, int]) -> np.ndarray:
-    """(2, h, w) float64: u-space position in the unit's first frame of each pixel of its last.
-
-    geometry: the model's (scale_factor, multiple) (`raywarp.models.geometry`).
-    """
-    s, multiple = geometry
-    op, y, _, _, bwd_t = _padded(m, fwd, bwd, s * multiple)
-    h, w = _u_size(y, op, s)
-    return chain_coords(to_u_grid(bwd_t, s).double(), h, w)[-1].numpy()
-
-
-def start_coords(end_maps: list[np.ndarray]) -> list[np.ndarray]:
-    """GP coordinates (2, h, w) of the first frame of each unit of a video, in time order
-    (each unit's first frame being the previous unit's last): the first unit starts at
-    the identity grid, and each next one where the previous end map carries it."""
-    h, w = end_maps[0].shape[-2:]
-    grid = rnoise.pixel_grid(h, w)
-    coords = [grid]
-    for e in end_maps[:-1]:
-        coords.append(rnoise.warp_coords(coords[-1], torch.from_numpy(e)[None] - grid))
-    return [c[0].numpy() for c in coords]
-
-
-@dataclass
-class Restored:
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    start_trajectory: np.ndarray  # (steps, C, h, w) x̂0 of the first frame at every step
-    end_trajectory: np.ndarray
-
-
-def restore(denoiser, m: Measurement, fwd: np.ndarray, bwd: np.ndarray, config: RunConfig, seed: int, start: int,
-            first_coords: np.ndarray | None = None, start_anchor: dict | None = None, end_anchor: dict | None = None,
-            device="cpu") -> Restored:
-    """Sample the unit's frames; anchors are seam payloads (`Restored` fields as arrays).
-
-    first_coords: (2, h, w) GP coordinates of the first frame (`start_coords`; default the
-    identity grid). The measurement is padded to the model's multiple and the result
-    cropped back, then made consistent with the unpadded measurement.
+    fwd, bwd: `flows(m, config)`. first_coords: `advance`'s coordinates of the first frame
+    (None: the identity grid). start_anchor / end_anchor: (H, W, 3) uint8 frames restored
+    by the neighbouring seams, known frames for the first / last frame. The result is
+    cropped from the padded size and made consistent with the unpadded measurement.
     """
     s = denoiser.scale_factor
-    op, y, size, fwd_t, bwd_t = _padded(m, fwd, bwd, s * denoiser.multiple)
     coords = None
     if config.sampler.mode in ("gp-warp", "warped"):
-        first = torch.from_numpy(first_coords)[None] if first_coords is not None else None
-        coords = chain_coords(to_u_grid(bwd_t, s).double(), *_u_size(y, op, s), start=first)
+        first = torch.tensor(first_coords)[None] if first_coords is not None else None
+        coords = chain_coords(bwd.double(), *m.grid, start=first)
+
+    def anchor(frame):  # padded as the output is
+        return None if frame is None else inverse.pad_to_multiple(frames_to_tensor(frame[None]), s * denoiser.multiple)[0][0]
+
     result = sample_clip(
-        denoiser, op, y, fwd_t, bwd_t, seed=seed, config=config.sampler,
-        frame_index=torch.arange(start, start + y.shape[0]), noise_coords=coords,
-        start_anchor=torch.from_numpy(start_anchor["end_trajectory"]) if start_anchor else None,
-        end_anchor=torch.from_numpy(end_anchor["start_trajectory"]) if end_anchor else None,
-        device=device,
+        denoiser, m.padded_op, m.padded_y, fwd, bwd, seed=seed, config=config.sampler,
+        frame_index=torch.arange(start, start + m.y.shape[0]), noise_coords=coords,
+        start_anchor=anchor(start_anchor), end_anchor=anchor(end_anchor), device=device,
     )
-    images = m.op.project(inverse.crop(result.frames, size), m.y).clamp(0, 1)
-    frames = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return Restored(frames, result.start_trajectory.numpy(), result.end_trajectory.numpy())
+    images = m.op.project(inverse.crop(result.frames, m.size), m.y).clamp(0, 1)
+    return tensor_to_frames(images)

@@ -19,6 +19,7 @@ from raywarp.densify import METHODS as DENSIFY_METHODS
 from raywarp.sampler import SamplerConfig
 
 RESOURCE = {"resource": True}  # field metadata: not hashed
+FLOW_FROM = ("baseline", "input")
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,16 @@ class RunConfig:
     seed: int = 0
     flow_method: str = "dis"
     densify_method: str = "neuroexplicit"
+    flow_from: str = "baseline"  # SR: estimate motion on the bicubic baseline, or on the low-res "input"
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
     max_actors: int = field(default=2, metadata=RESOURCE)
-    # Logical CPUs per decode task / flow actor / sampler actor. Fractions, so that on a
-    # small machine Ray Data's own read tasks (1 CPU each) still get scheduled beside
-    # the pools; the threads a stage really uses follow from Ray's OMP_NUM_THREADS.
-    # Decode differs from flow and sample on purpose: an equal request lets Ray Data fuse
-    # the decode tasks into the next stage's actors, which would then wait on decoding.
+    # Logical CPUs per worker actor (flows and sampling; its torch and OpenCV threads are
+    # this, rounded up) and per decode / encode task (light: they mostly wait on I/O and
+    # the codec, so a fraction lets them run beside the actors on a small machine).
+    actor_cpus: float = field(default=1.0, metadata=RESOURCE)
     decode_cpus: float = field(default=0.25, metadata=RESOURCE)
-    flow_cpus: float = field(default=0.5, metadata=RESOURCE)
-    sample_cpus: float = field(default=0.5, metadata=RESOURCE)
 
     def __post_init__(self):
         if self.task not in inverse.TASKS:
@@ -67,8 +66,10 @@ class RunConfig:
             raise ValueError(f"flow_method: choose one of {rflow.METHODS}, got {self.flow_method!r}")
         if self.densify_method not in DENSIFY_METHODS:
             raise ValueError(f"densify_method: choose one of {DENSIFY_METHODS}, got {self.densify_method!r}")
-        if self.decode_cpus in (self.flow_cpus, self.sample_cpus):
-            raise ValueError("decode_cpus: must differ from flow_cpus and sample_cpus (else Ray Data fuses decode into the pools)")
+        if self.flow_from not in FLOW_FROM:
+            raise ValueError(f"flow_from: choose one of {FLOW_FROM}, got {self.flow_from!r}")
+        if self.actor_cpus <= 0 or self.decode_cpus <= 0:
+            raise ValueError(f"actor_cpus and decode_cpus must be > 0, got {self.actor_cpus}, {self.decode_cpus}")
         if self.gpus_per_actor < 0 or not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(
                 f"resources: need gpus_per_actor >= 0 and 1 <= min_actors <= max_actors, got "

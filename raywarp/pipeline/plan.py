@@ -4,14 +4,13 @@ Cross-shard stitching, two phases (the keyframe scheme of FRESCO / Rerender-A-Vi
 applied to whole runs of frames). Clip k nominally spans frames [k·(L−o), k·(L−o)+L);
 neighbouring clips share o = `overlap` frames, the *seam*.
 
-    phase 1  every seam is sampled once, as a short clip of its own (all seams of all
-             videos at once, independent); it keeps the per-step x̂0 trajectories of its
-             first and last frames and the GP coordinates of its last frame.
+    phase 1  every seam is sampled once, as a short clip of its own (the seams of a video
+             are independent of each other).
     phase 2  every clip samples its own frames plus the seam frame on either side,
-             those two anchored to the seams' trajectories (all clips at once).
+             those two known: the seams' restored frames (anchors).
 
-So no unit waits for a neighbour within a phase: one long video spreads over the whole
-cluster. At a seam edge the clip's frame is guided toward a fixed anchor exactly as
+So no unit waits for more than its two seams: one long video spreads over the whole
+cluster. At a seam edge the clip's frame is guided toward the known anchor exactly as
 interior frames are guided toward their neighbours, and in gp-warp modes the clip's
 noise continues the seam's GP coordinates, so seams are as consistent as interiors.
 

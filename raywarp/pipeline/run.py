@@ -1,36 +1,53 @@
-"""The driver: probe → plan → Ray Data passes (flows; seams; clips) → encode → summary.
+"""The driver: probe → plan → stream every unit through decode → flows → sample → encode.
 
-    pass 0  decode → EstimateFlows: every unit's flows and end map, stored
-    scan    per video, the GP coordinates of each unit's first frame (cheap; driver)
-    pass 1  decode → SampleUnits for the seams
-    pass 2  decode → SampleUnits for the clips, anchored to the seams
-    encode  one task per video, from the units' payloads in order
+One streaming run on Ray Core. Every unit of every video goes through the same stages,
+and starts each as soon as its own inputs exist:
+
+    decode(u)     CPU task                         when u enters the window
+    flows(u)      worker actor   ← decode(u)
+    coords(u)     advance_coords ← coords and end map of the unit before u in its video
+    sample(u)     worker actor   ← decode(u), flows(u), coords(u); a clip also ← its seams
+    encode(v)     CPU task       ← every unit of video v committed
+
+There is no barrier across videos or stages: one pool of worker actors serves the whole
+run, each loading its models once; finished videos are encoded while others are still
+being flowed and sampled; a long video spreads over every actor because its seams, and
+then its clips, are independent of each other. Why Ray Core and not Ray Data: a unit
+depends on its neighbours (noise coordinates run along the video, clips wait for their
+seams), which a row-wise dataset cannot express; ObjectRefs can, and arrays stay in the
+object store between stages. The loop below only decides *when* a task is submitted,
+so that an actor never waits inside a call: it hands the next task (flows first, then
+samples, each in run order) to the next idle actor once its inputs are ready, and keeps
+at most `window` units open so memory stays bounded on a film of any length.
 
 Everything the driver decides is written to the manifest before work starts (videos,
-plan), and everything a worker finishes is committed by the worker itself, so killing
-the driver at any point loses at most the units in flight; running the same command
-again skips every committed unit and video (`Manifest.committed`).
+plan); every unit is committed by its worker (payload first, row last), so killing the
+driver loses at most the units in flight, and running the same command again skips
+every committed unit and video. A failure never stops the run: the unit gets a failed
+row, and so does every unit that needed it (later units of its video need its end map
+for their noise coordinates; clips need their seams).
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 
-import pyarrow.fs as pafs
 import ray
-from ray.data.expressions import col
 
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import plan as rplan
+from raywarp.pipeline import stages
 from raywarp.pipeline.config import RunConfig
-from raywarp.pipeline.encode import encode_video
-from raywarp.pipeline.manifest import Manifest
-from raywarp.pipeline.source import VideoError, filesystem, list_videos, probe
-from raywarp.pipeline.stages import EstimateFlows, SampleUnits, coords_key, decode_unit, flows_key
+from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest
+from raywarp.pipeline.source import VideoError, list_videos, probe
+from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row
+
+decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
+advance_coords = ray.remote(rclip.advance)
+load_array = ray.remote(stages.load_array)
+encode_units = ray.remote(stages.encode_units)
 
 
 @dataclass
@@ -74,74 +91,225 @@ def _probe(uri: str, storage_options: dict | None) -> dict:
         return {"uri": uri, "error": f"{uri}: cannot read: {type(exc).__name__}: {exc}"}
 
 
-@ray.remote
-def _encode(video: dict, units: list[dict], dst_video: str, dst: str, storage_options: dict | None, attempt: int) -> dict:
-    """Assemble the video from its units' payloads, in order, and encode it."""
-    manifest = Manifest(dst, storage_options)
-    started = time.time()
-    row = {"id": video["video_id"], "video_id": video["video_id"], "uri": video["uri"], "kind": "video",
-           "attempt": attempt, "node": os.uname().nodename, "started_at": started}
-    try:
-        ordered = sorted(units, key=lambda u: u["out_start"])
+@dataclass
+class _Unit:
+    """A unit's place in the stream: the refs of what exists of it so far."""
 
-        def frames():
-            for u in ordered:
-                yield from manifest.get_arrays(u["id"])["frames"]
-
-        count = encode_video(frames(), dst_video, Fraction(int(video["fps_num"]), int(video["fps_den"])),
-                             storage_options, audio_source=video["uri"] if video.get("has_audio") else None)
-        if count != int(video["frames"]):
-            raise RuntimeError(f"assembled {count} frames, the source has {video['frames']}")
-        row.update(status="done", frames=count, output=dst_video, error="")
-    except Exception as exc:  # noqa: BLE001
-        row.update(status="failed", frames=0, output="", error=f"encode: {type(exc).__name__}: {exc}")
-    row["finished_at"] = time.time()
-    row["seconds_write"] = row["finished_at"] - started
-    manifest.append_progress([row])
-    return row
+    row: dict  # its plan row
+    state: str = "waiting"  # waiting → decoding → decoded → flowing → flowed → sampling → done | failed
+    pixels: ray.ObjectRef | None = None
+    timing: dict = field(default_factory=dict)
+    flows: ray.ObjectRef | None = None
+    end_map: ray.ObjectRef | None = None
+    coords: ray.ObjectRef | None = None  # its first frame's GP coordinates (None: identity)
+    has_coords: bool = False
+    frames: ray.ObjectRef | None = None  # a seam's frames, anchors of its clips
 
 
-def _pyarrow_fs(uri: str, storage_options: dict | None):
-    fs, path = filesystem(uri, storage_options)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+class _Stream:
+    """The dependency loop of one run (see the module docstring)."""
 
+    def __init__(self, videos: list[dict], units: list[dict], done: set[str], manifest: Manifest,
+                 config: RunConfig, storage_options, attempt: int, summary: RunSummary, log):
+        self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
+        self.summary, self.log = summary, log
+        self.videos = {v["video_id"]: v for v in videos if v["video_id"] not in done}
+        self.chains: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
+        for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
+            if u["video_id"] in self.chains:
+                self.chains[u["video_id"]].append(_Unit(u))
+        self.order = [u for chain in self.chains.values() for u in chain]  # the run order
+        self.units = {u.row["id"]: u for u in self.order}
+        self.waiting: dict[ray.ObjectRef, tuple] = {}  # ref → (what, unit or video, actor)
+        self.worker = ray.remote(UnitWorker).options(
+            num_cpus=config.actor_cpus, num_gpus=config.gpus_per_actor, max_restarts=3, max_task_retries=1)
+        self.actors, self.idle, self.starting = [], [], 0
+        self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
+        self.commits = 0
+        for u in self.order:
+            if u.row["id"] in done:
+                u.state = "done"
+        for chain in self.chains.values():
+            self._load_committed(chain)
+            self._extend_coords(chain)
 
-def _run_pass(phase: int, pending: set[str], manifest: Manifest, config: RunConfig, storage_options, attempt) -> list[dict]:
-    """One streaming Ray Data pass over the pending units: phase 0 computes flows (all
-    units), phases 1 and 2 sample the seams and the clips."""
-    if not pending:
-        return []
-    fs, path = _pyarrow_fs(manifest.table_path("clips"), storage_options)
-    pool = ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors)
-    stage, cpus = (EstimateFlows, config.flow_cpus) if phase == 0 else (SampleUnits, config.sample_cpus)
-    ds = (
-        ray.data.read_parquet(path, filesystem=fs)
-        .filter(expr=col("id").is_in(sorted(pending)))  # an expression: pushed into the read
-        .repartition(len(pending))  # one block per unit, so every actor of the pool gets work
-        .map_batches(decode_unit, batch_size=1, num_cpus=config.decode_cpus, fn_kwargs={"storage_options": storage_options})
-        .map_batches(stage, batch_size=1, compute=pool, num_cpus=cpus, num_gpus=config.gpus_per_actor,
-                     fn_constructor_kwargs={"config": config.to_dict(), "dst": manifest.dst,
-                                            "storage_options": storage_options, "attempt": attempt})
-    )
-    return list(ds.iter_rows())
+    # -- bookkeeping -----------------------------------------------------------------
 
+    def _wait(self, ref, *what):
+        self.waiting[ref] = what
 
-def scan_coords(manifest: Manifest, units: list[dict]) -> None:
-    """Store the GP coordinates of every unit's first frame (payload `coords/<id>`), per
-    video, as far as its units' end maps exist (a unit whose flow failed ends the scan)."""
-    by_video: dict[str, list[dict]] = {}
-    for u in units:
-        by_video.setdefault(u["video_id"], []).append(u)
-    for video_units in by_video.values():
-        ordered = sorted(video_units, key=lambda u: (u["start"], u["phase"]))
-        maps = []
-        for u in ordered:
-            if not manifest.has_arrays(flows_key(u["id"])):
-                break
-            maps.append(manifest.get_arrays(flows_key(u["id"]))["end_map"])
-        if maps:
-            for u, coords in zip(ordered, rclip.start_coords(maps)):
-                manifest.put_arrays(coords_key(u["id"]), start=coords)
+    def _load_committed(self, chain: list[_Unit]) -> None:
+        """What committed units hand on to uncommitted ones: end maps, a seam's frames."""
+        last_open = max((k for k, u in enumerate(chain) if u.state != "done"), default=-1)
+        for k, u in enumerate(chain[:last_open]):
+            if u.state == "done":
+                u.end_map = load_array.remote(self.manifest.dst, self.options, end_map_key(u.row["id"]), "end_map")
+                if u.row["kind"] == "seam":
+                    u.frames = load_array.remote(self.manifest.dst, self.options, u.row["id"], "frames")
+        chain[0].has_coords = True  # the identity
+
+    def _extend_coords(self, chain: list[_Unit]) -> None:
+        """Submit the coordinate scan as far as end maps exist."""
+        for prev, nxt in zip(chain, chain[1:]):
+            if nxt.has_coords or nxt.coords is not None:
+                continue
+            if not prev.has_coords or prev.end_map is None:
+                return
+            nxt.coords = advance_coords.options(num_cpus=self.config.decode_cpus).remote(prev.coords, prev.end_map)
+            self._wait(nxt.coords, "coords", nxt)
+
+    def _anchors(self, u: _Unit) -> list[_Unit | None]:
+        return [self.units.get(u.row[k]) for k in ("start_anchor", "end_anchor")]
+
+    def _ready_to_sample(self, u: _Unit) -> bool:
+        return (u.state == "flowed" and u.has_coords
+                and all(a is None or a.state == "done" for a in self._anchors(u)))
+
+    def _fail(self, u: _Unit, error: str, coords_broken: bool, committed: bool = False) -> None:
+        """A failed row for `u` (`committed`: its worker wrote it), and for the units that need it."""
+        if u.state in ("done", "failed"):
+            return
+        if not committed:
+            now = time.time()
+            self.manifest.append_progress([progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
+                                                        started_at=u.timing.get("started_at", now), finished_at=now)])
+        u.state = "failed"
+        reason = f"needs unit {u.row['id']} ({u.row['kind']} {u.row['start']}-{u.row['stop']}), which failed: {error}"
+        chain = self.chains[u.row["video_id"]]
+        for other in chain:
+            if u.row["id"] in (other.row["start_anchor"], other.row["end_anchor"]):
+                self._fail(other, "sample: " + reason, coords_broken=False)
+        if coords_broken:
+            for other in chain[chain.index(u) + 1 :]:
+                self._fail(other, "coords: " + reason, coords_broken=False)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _open(self) -> None:
+        open_units = sum(u.state not in ("waiting", "done", "failed") for u in self.order)
+        for u in self.order:
+            if open_units >= self.window:
+                return
+            if u.state == "waiting":
+                u.pixels, info = decode_unit.options(num_cpus=self.config.decode_cpus).remote(u.row, self.options)
+                u.state = "decoding"
+                self._wait(info, "decoded", u)
+                open_units += 1
+
+    def _grow_pool(self, ready_tasks: int) -> None:
+        """Start with min_actors; add one at a time, up to max_actors, while work waits."""
+        want = len(self.actors) < self.config.min_actors or (ready_tasks > len(self.idle) and not self.starting)
+        if want and len(self.actors) < self.config.max_actors:
+            actor = self.worker.remote(self.config.to_dict(), self.manifest.dst, self.options, self.attempt)
+            self.actors.append(actor)
+            self.starting += 1
+            self._wait(actor.ready.remote(), "actor", actor)
+
+    def _dispatch(self) -> None:
+        flow_ready = [u for u in self.order if u.state == "decoded"]
+        sample_ready = [u for u in self.order if self._ready_to_sample(u)]
+        self._grow_pool(len(flow_ready) + len(sample_ready))
+        for u in flow_ready + sample_ready:
+            if not self.idle:
+                return
+            actor = self.idle.pop(0)
+            if u.state == "decoded":
+                info, u.flows, u.end_map = actor.flows.remote(u.row, u.pixels)
+                u.state = "flowing"
+                self._wait(info, "flowed", u, actor)
+            else:
+                start, end = (a.frames if a else None for a in self._anchors(u))
+                row, u.frames = actor.sample.remote(u.row, u.pixels, u.flows, u.coords, start, end, u.timing)
+                u.state = "sampling"
+                self._wait(row, "sampled", u, actor)
+
+    def _finish_videos(self) -> None:
+        for vid, chain in list(self.chains.items()):
+            if any(u.state not in ("done", "failed") for u in chain):
+                continue
+            video = self.videos[vid]
+            del self.chains[vid]
+            failed = [u for u in chain if u.state == "failed"]
+            if failed:
+                latest = self.manifest.latest()
+                first = latest.get(failed[0].row["id"], {}).get("error") or "no result"
+                reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
+                now = time.time()
+                self.manifest.append_progress([{"id": vid, "video_id": vid, "uri": video["uri"], "kind": "video",
+                                                "status": "failed", "attempt": self.attempt, "error": reason,
+                                                "frames": 0, "started_at": now, "finished_at": now}])
+                self.summary.videos_failed[video["uri"]] = reason
+                self.log(f"FAILED {video['uri']}: {reason}")
+                continue
+            ids = [u.row["id"] for u in sorted(chain, key=lambda u: u.row["out_start"])]
+            self._wait(encode_units.options(num_cpus=self.config.decode_cpus).remote(
+                video, ids, self.manifest.dst, self.options, self.attempt), "encoded", video)
+
+    def _complete(self, ref, what: str, subject, actor=None) -> None:
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # a worker process died, an actor was lost
+            result = {"error": error_text(what, exc), "status": "failed", "crashed": True}
+            if isinstance(exc, ray.exceptions.RayActorError):  # gone for good: out of the pool
+                lost = subject if what == "actor" else actor
+                self.actors.remove(lost)
+                self.starting -= what == "actor"
+                actor = None
+                if what == "actor":
+                    return
+        if actor is not None:
+            self.idle.append(actor)
+        if isinstance(subject, _Unit) and subject.state == "failed":  # failed meanwhile, as a dependent
+            subject.pixels = subject.flows = None
+            return
+        if what == "actor":
+            self.starting -= 1
+            self.idle.append(subject)
+        elif what == "decoded":
+            subject.timing.update(result)
+            if result["error"]:
+                self._fail(subject, result["error"], coords_broken=True)
+            else:
+                subject.state = "decoded"
+        elif what == "flowed":
+            subject.timing["seconds_flow"] = result.get("seconds_flow", 0.0)
+            if result["error"]:
+                subject.end_map = None
+                self._fail(subject, result["error"], coords_broken=True)
+            else:
+                subject.state = "flowed"
+                self._extend_coords(self.chains[subject.row["video_id"]])
+        elif what == "coords":
+            subject.has_coords = True
+            self._extend_coords(self.chains[subject.row["video_id"]])
+        elif what == "sampled":
+            subject.pixels = subject.flows = None  # free them in the object store
+            self.commits += 1
+            if result.get("status") == "done":
+                subject.state = "done"
+                self.summary.units_computed += 1
+            else:
+                self._fail(subject, result["error"], coords_broken=False, committed=not result.get("crashed"))
+            if self.commits % COMPACT_EVERY == 0:
+                self.manifest.compact()
+        elif what == "encoded":
+            if result["status"] == "done":
+                self.summary.videos_done.append(result["uri"])
+                self.log(f"done {result['uri']} -> {subject['output']}")
+            else:
+                self.summary.videos_failed[result["uri"]] = result["error"]
+                self.log(f"FAILED {result['uri']}: {result['error']}")
+
+    def run(self) -> None:
+        self._finish_videos()  # videos whose units were all committed before
+        while self.waiting or self.chains:
+            self._open()
+            self._dispatch()
+            if not self.waiting:
+                raise RuntimeError("the stream is stuck: no task in flight and units left")  # a bug, loudly
+            ready, _ = ray.wait(list(self.waiting), num_returns=1)
+            self._complete(ready[0], *self.waiting.pop(ready[0]))
+            self._finish_videos()
 
 
 def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = None, address: str | None = None,
@@ -188,37 +356,10 @@ def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, lo
         summary.videos_failed[p["uri"]] = p["error"]
     log(f"{len(videos)} videos, {len(units)} units planned ({len(bad)} unreadable); manifest in {manifest.root}")
 
+    manifest.compact()  # a bounded log for this run's reads
     done = manifest.committed()
-    todo = [u for u in units if u["id"] not in done]
-    summary.units_skipped = len(units) - len(todo)
-    need_flows = {u["id"] for u in todo if not manifest.has_arrays(flows_key(u["id"]))}
-    log(f"pass 0: flows for {len(need_flows)} units")
-    _run_pass(0, need_flows, manifest, config, storage_options, attempt)
-    videos_todo = {u["video_id"] for u in todo}
-    scan_coords(manifest, [u for u in units if u["video_id"] in videos_todo])
-    for phase, name in ((1, "seams"), (2, "clips")):
-        pending = {u["id"] for u in todo if u["phase"] == phase}
-        log(f"pass {phase}: {len(pending)} {name} to sample")
-        summary.units_computed += len(_run_pass(phase, pending, manifest, config, storage_options, attempt))
-
-    latest = manifest.latest()
-    encodes = []
-    for v in videos:
-        mine = [u for u in units if u["video_id"] == v["video_id"]]
-        failed = [latest.get(u["id"], {}) for u in mine if latest.get(u["id"], {}).get("status") != "done"]
-        if v["video_id"] in done:
-            summary.videos_done.append(v["uri"])
-        elif failed:
-            reason = f"{len(failed)} of {len(mine)} units failed; first: {failed[0].get('error') or 'no result'}"
-            manifest.append_progress([{"id": v["video_id"], "video_id": v["video_id"], "uri": v["uri"], "kind": "video",
-                                       "status": "failed", "attempt": attempt, "error": reason, "frames": 0,
-                                       "started_at": time.time(), "finished_at": time.time()}])
-            summary.videos_failed[v["uri"]] = reason
-        else:
-            encodes.append(_encode.remote(v, mine, v["output"], dst, storage_options, attempt))
-    for row in ray.get(encodes):
-        if row["status"] == "done":
-            summary.videos_done.append(row["uri"])
-        else:
-            summary.videos_failed[row["uri"]] = row["error"]
+    summary.videos_done += [v["uri"] for v in videos if v["video_id"] in done]
+    summary.units_skipped = sum(u["id"] in done for u in units)
+    _Stream(videos, units, done, manifest, config, storage_options, attempt, summary, log).run()
+    manifest.compact()
     return summary

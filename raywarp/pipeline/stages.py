@@ -1,167 +1,177 @@
-"""Ray Data stages: decode (CPU tasks), flow + densify (actor pool), sample + commit (actor pool).
+"""The pipeline's stages: decode and encode, the worker, and the small steps between them.
 
-Pass 0 runs decode → EstimateFlows, which stores each unit's flows and end map; passes 1
-(seams) and 2 (clips) run decode → SampleUnits, which loads them (see `raywarp.pipeline.run`).
-Each batch is one unit of the plan (batch_size=1: a unit is already many frames).
-A stage never raises for a bad unit: it records the error in the row's `error` column
-and later stages pass the row through, so the sample stage writes a 'failed' progress
-row for it. Ray Data would otherwise drop the failed block's rows, and the clip with them.
-Heavy state (densifier, denoiser, manifest handle) is built once per actor in `__init__`.
+    decode_unit      CPU task: one unit's span of its video → frames (uint8)
+    UnitWorker       actor, one pool for the run: holds the densifier and the denoiser on
+                     its device (the GPU when it has one) and does a unit's two model
+                     stages, `flows` and `sample`
+    rclip.advance    CPU task: carries GP coordinates from one unit's first frame to the next's
+    load_array       CPU task: one array of a committed unit's payload (resume)
+    encode_units     CPU task: a finished video's frames, from the payloads, to H.264
+
+Plain functions and a plain class: the driver (`raywarp.pipeline.run`) runs them as
+Ray tasks and actors wired by ObjectRefs, the benchmark's plain loop calls them in order. Arrays stay in Ray's
+object store between stages; what is written to the manifest is what resume needs:
+each unit's end map (`endmap/<id>`), its restored frames (`<id>`), and the commit row,
+last. A stage never raises for a bad unit: it returns (and for sampling commits) the
+error, so every unit keeps a manifest row.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import socket
 import time
 import traceback
+from fractions import Fraction
 
+import cv2
 import numpy as np
+import ray
 import torch
 
 from raywarp.densify import shipped_model
-from raywarp.models import geometry, load_denoiser
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
+from raywarp.pipeline.encode import encode_video as encode_frames
 from raywarp.pipeline.manifest import Manifest
+from raywarp.tensors import frames_to_tensor
 
-EMPTY_PIXELS = np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def flows_key(unit_id: str) -> str:
-    return f"flows/{unit_id}"
+EMPTY = np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def coords_key(unit_id: str) -> str:
-    return f"coords/{unit_id}"
+def end_map_key(unit_id: str) -> str:
+    return f"endmap/{unit_id}"
 
 
-def _row(batch: dict) -> dict:
-    return {k: v[0] for k, v in batch.items()}
-
-
-def _batch(row: dict) -> dict:
-    return {k: [v] for k, v in row.items()}
-
-
-def _error(stage: str, exc: Exception) -> str:
+def error_text(stage: str, exc: BaseException) -> str:
     """'stage: Type: message' and the innermost frame, readable in `raywarp status`."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"{stage}: {type(exc).__name__}: {exc}{at}"
 
 
-def progress_row(row: dict, attempt: int, **fields) -> dict:
-    """A progress record for the unit in `row`; `fields` fill in the outcome."""
-    return {"id": row["id"], "video_id": row["video_id"], "uri": row["uri"], "kind": row["kind"], "attempt": attempt,
-            "node": socket.gethostname(), **fields}
+def progress_row(unit: dict, attempt: int, **fields) -> dict:
+    """A progress record for `unit`; `fields` fill in the outcome."""
+    return {"id": unit["id"], "video_id": unit["video_id"], "uri": unit["uri"], "kind": unit["kind"],
+            "attempt": attempt, "node": socket.gethostname(), **fields}
 
 
-def device_for(config: RunConfig) -> str:
-    return "cuda" if config.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
-
-
-def decode_unit(batch: dict, storage_options: dict | None = None) -> dict:
-    """Decode only the unit's span [start, stop) of its video."""
-    row = _row(batch)
-    t0 = time.perf_counter()
-    row["pixels"], row["error"] = EMPTY_PIXELS, ""
+def decode_unit(unit: dict, storage_options: dict | None) -> tuple[np.ndarray, dict]:
+    """(frames [start, stop) of the unit's video, {'started_at', 'seconds_decode', 'error'})."""
+    started, t0 = time.time(), time.perf_counter()
     try:
-        row["pixels"] = decode_span(row["uri"], int(row["start"]), int(row["stop"]), storage_options)
+        pixels, error = decode_span(unit["uri"], int(unit["start"]), int(unit["stop"]), storage_options), ""
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, never lost
-        row["error"] = _error("decode", exc)
-    row["seconds_decode"] = time.perf_counter() - t0
-    return _batch(row)
+        pixels, error = EMPTY, error_text("decode", exc)
+    return pixels, {"started_at": started, "seconds_decode": time.perf_counter() - t0, "error": error}
 
 
-class EstimateFlows:
-    """Pass 0: flow on the baseline restoration, densified where unreliable or unobserved;
-    stores the flows and the unit's end map (payload `flows/<id>`), or a failed row."""
-
-    def __init__(self, config: dict, dst: str, storage_options: dict | None, attempt: int):
-        self.config = RunConfig.from_dict(config)
-        self.geometry = geometry(self.config.model)  # u-space of the sampler, without loading it
-        self.manifest = Manifest(dst, storage_options)
-        self.attempt = attempt
-        if self.config.densify_method == "neuroexplicit":
-            shipped_model("cpu")  # load the densifier once per actor
-
-    def __call__(self, batch: dict) -> dict:
-        row = _row(batch)
-        started, t0 = time.time(), time.perf_counter()
-        error = row["error"]
-        if not error:
-            try:
-                m = rclip.measure(row["pixels"], self.config, int(row["start"]), int(row["video_frames"]))
-                fwd, bwd = rclip.flows(m, self.config)
-                end = rclip.end_map(m, fwd, bwd, self.geometry)
-                seconds = np.array([row["seconds_decode"], time.perf_counter() - t0])
-                self.manifest.put_arrays(flows_key(row["id"]), fwd=fwd, bwd=bwd, end_map=end, seconds=seconds)
-            except Exception as exc:  # noqa: BLE001
-                error = _error("flow", exc)
-        if error:
-            self.manifest.append_progress([progress_row(
-                row, self.attempt, status="failed", frames=0, error=error, started_at=started - row["seconds_decode"],
-                finished_at=time.time(), seconds_decode=float(row["seconds_decode"]), seconds_flow=time.perf_counter() - t0)])
-        return _batch({"id": row["id"], "error": error})
+def load_array(dst: str, storage_options: dict | None, key: str, name: str) -> np.ndarray:
+    return Manifest(dst, storage_options).get_arrays(key)[name]
 
 
-class SampleUnits:
-    """Passes 1 and 2: warped sampling of the unit, anchored to its seams; payload first,
-    commit row last."""
+class UnitWorker:
+    """A unit's model stages on this actor's device; heavy state built once.
+
+    `flows` stores the unit's end map and returns its flows (float16, on the model's
+    grid) for `sample`, which restores the unit, stores its frames and commits it.
+    Used as a Ray actor by the pipeline and as a plain object by the benchmark's loop.
+    """
 
     def __init__(self, config: dict, dst: str, storage_options: dict | None, attempt: int):
+        # Imported here: diffusers takes seconds to import, and only the actors need it,
+        # not the workers that run this module's light tasks.
+        from raywarp.models import geometry, load_denoiser
+
         self.config = RunConfig.from_dict(config)
-        self.device = device_for(self.config)
+        threads = max(1, math.ceil(self.config.actor_cpus))  # the CPUs this actor holds
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        use_gpu = self.config.gpus_per_actor > 0 and torch.cuda.is_available()
+        self.device = "cuda" if use_gpu else "cpu"
+        self.geometry = geometry(self.config.model)
         self.denoiser = load_denoiser(self.config.model, device=self.device)
+        if self.config.densify_method == "neuroexplicit":
+            shipped_model(self.device)  # loaded once per actor, on its device
         self.manifest = Manifest(dst, storage_options)
         self.attempt = attempt
 
-    def _anchor(self, seam_id: str) -> dict | None:
-        if not seam_id:
-            return None
-        if not self.manifest.has_arrays(seam_id):
-            raise RuntimeError(f"seam {seam_id} has no committed result (see its own row); cannot stitch to it")
-        return self.manifest.get_arrays(seam_id)
+    def ready(self) -> str:
+        return f"{socket.gethostname()}:{self.device}"
 
-    def _inputs(self, unit_id: str) -> tuple[dict, np.ndarray]:
-        for key in (flows_key(unit_id), coords_key(unit_id)):
-            if not self.manifest.has_arrays(key):
-                raise RuntimeError(f"no {key.split('/')[0]} for this unit (a flow failure in this video; see its rows)")
-        return self.manifest.get_arrays(flows_key(unit_id)), self.manifest.get_arrays(coords_key(unit_id))["start"]
+    def _measure(self, unit: dict, pixels: np.ndarray) -> rclip.Measurement:
+        return rclip.measure(pixels, self.config, int(unit["start"]), int(unit["video_frames"]), self.geometry)
 
-    def __call__(self, batch: dict) -> dict:
-        row = _row(batch)
-        started = time.time()
+    @ray.method(num_returns=3)
+    def flows(self, unit: dict, pixels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """({'seconds_flow', 'error'}, flows (2, T−1, 2, h, w) float16 fwd/bwd, end map (2, h, w))."""
+        t0 = time.perf_counter()
+        try:
+            m = self._measure(unit, pixels)
+            with torch.no_grad():
+                flows = torch.stack(rclip.flows(m, self.config, self.device)).half().cpu().numpy()
+            end = rclip.end_map(torch.from_numpy(flows[1]).float(), m.grid)
+            self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
+            return {"seconds_flow": time.perf_counter() - t0, "error": ""}, flows, end
+        except Exception as exc:  # noqa: BLE001
+            return {"seconds_flow": time.perf_counter() - t0, "error": error_text("flow", exc)}, EMPTY, EMPTY
+
+    @ray.method(num_returns=2)
+    def sample(self, unit: dict, pixels: np.ndarray, flows: np.ndarray, first_coords: np.ndarray | None,
+               start_anchor: np.ndarray | None, end_anchor: np.ndarray | None, timing: dict) -> tuple[dict, np.ndarray]:
+        """Restore the unit; payload first, commit row last. Returns (the row, its frames).
+
+        start_anchor / end_anchor: the neighbouring seams' frames (T, H, W, 3); the clip's
+        first frame is the previous seam's last, its last frame the next seam's first.
+        timing: the decode and flow stages' {'started_at', 'seconds_decode', 'seconds_flow'}.
+        """
         t0 = t_sampled = time.perf_counter()
-        error, output, metrics, seconds = row["error"], "", {}, np.zeros(2)
-        if not error:
-            try:
-                start = int(row["start"])
-                flows, first_coords = self._inputs(row["id"])
-                seconds = flows["seconds"]
-                m = rclip.measure(row["pixels"], self.config, start, int(row["video_frames"]))
-                restored = rclip.restore(
-                    self.denoiser, m, flows["fwd"], flows["bwd"], self.config, rclip.video_seed(self.config, row["video_id"]),
-                    start, first_coords, self._anchor(row["start_anchor"]), self._anchor(row["end_anchor"]), device=self.device,
-                )
-                t_sampled = time.perf_counter()
-                own = slice(int(row["out_start"]) - start, int(row["out_stop"]) - start)
-                arrays = {"frames": restored.frames[own]}
-                if row["kind"] == "seam":
-                    arrays.update(start_trajectory=restored.start_trajectory, end_trajectory=restored.end_trajectory)
-                output = self.manifest.put_arrays(row["id"], **arrays)
-                restored_x = torch.from_numpy(restored.frames).permute(0, 3, 1, 2) / 255
-                metrics = {"measurement_error": m.op.measurement_error(restored_x, m.y)}
-            except Exception as exc:  # noqa: BLE001
-                error = _error("sample", exc)
-        record = progress_row(
-            row, self.attempt, status="failed" if error else "done", frames=0 if error else int(row["frames"]),
-            started_at=started - float(seconds.sum()), finished_at=time.time(),
-            seconds_decode=float(seconds[0]), seconds_flow=float(seconds[1]), seconds_sample=t_sampled - t0,
-            seconds_write=time.perf_counter() - t_sampled if output else 0.0,
-            metrics=json.dumps(metrics), error=error, output=output,
+        error, output, metrics, frames = "", "", {}, EMPTY
+        try:
+            m = self._measure(unit, pixels)
+            start = int(unit["start"])
+            fwd, bwd = torch.tensor(flows, dtype=torch.float32)  # a copy: the object store's is read-only
+            restored = rclip.restore(
+                self.denoiser, m, fwd, bwd, self.config, rclip.video_seed(self.config, unit["video_id"]), start,
+                first_coords, start_anchor[-1] if start_anchor is not None else None,
+                end_anchor[0] if end_anchor is not None else None, device=self.device,
+            )
+            t_sampled = time.perf_counter()
+            frames = restored[int(unit["out_start"]) - start : int(unit["out_stop"]) - start]
+            output = self.manifest.put_arrays(unit["id"], frames=frames)
+            metrics = {"measurement_error": m.op.measurement_error(frames_to_tensor(restored), m.y)}
+        except Exception as exc:  # noqa: BLE001
+            error = error_text("sample", exc)
+        row = progress_row(
+            unit, self.attempt, status="failed" if error else "done", frames=0 if error else int(unit["frames"]),
+            started_at=timing["started_at"], finished_at=time.time(), seconds_decode=timing["seconds_decode"],
+            seconds_flow=timing["seconds_flow"], seconds_sample=t_sampled - t0,
+            seconds_write=time.perf_counter() - t_sampled if output else 0.0, metrics=metrics, error=error, output=output,
         )
-        self.manifest.append_progress([record])  # the commit record, after the payload
-        return _batch({"id": record["id"], "status": record["status"], "error": error})
+        self.manifest.append_progress([row])  # the commit record, after the payload
+        return row, frames if unit["kind"] == "seam" else EMPTY  # a seam's frames anchor its clips
+
+
+def encode_units(video: dict, unit_ids: list[str], dst: str, storage_options: dict | None, attempt: int) -> dict:
+    """Assemble the video from its units' payloads (`unit_ids` in output order) and encode
+    it to `video['output']`; commits the video's row. Streams unit by unit: a film's
+    frames never sit in memory at once."""
+    manifest = Manifest(dst, storage_options)
+    started = time.time()
+    row = {"id": video["video_id"], "video_id": video["video_id"], "uri": video["uri"], "kind": "video",
+           "attempt": attempt, "node": os.uname().nodename, "started_at": started}
+    try:
+        frames = (f for uid in unit_ids for f in manifest.get_arrays(uid)["frames"])
+        count = encode_frames(frames, video["output"], Fraction(int(video["fps_num"]), int(video["fps_den"])),
+                              storage_options, audio_source=video["uri"] if video.get("has_audio") else None)
+        if count != int(video["frames"]):
+            raise RuntimeError(f"assembled {count} frames, the source has {video['frames']}")
+        row.update(status="done", frames=count, output=video["output"], error="")
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="failed", frames=0, output="", error=error_text("encode", exc))
+    row["finished_at"] = time.time()
+    row["seconds_write"] = row["finished_at"] - started
+    manifest.append_progress([row])
+    return row
