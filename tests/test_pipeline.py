@@ -26,7 +26,7 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.manifest import ConfigMismatchError, Manifest
-from raywarp.pipeline.run import run
+from raywarp.pipeline.run import local_system_config, run
 from raywarp.pipeline.source import probe
 from raywarp.sampler import SamplerConfig
 
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _system_config=local_system_config(small_config("default")))
     yield
     ray.shutdown()
 
@@ -52,9 +53,12 @@ def write_video(path: Path, photo: str, frames: int, size, **motion) -> Path:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """Videos of different lengths and sizes (one shorter than a clip, one odd-sized) and two bad files."""
+    """Videos of different lengths and sizes (one shorter than a clip, one odd-sized), two
+    bad files, and one cut short: it probes, but its later spans do not decode."""
     root = tmp_path_factory.mktemp("archive")
     write_video(root / "long.mp4", "coffee", 17, (16, 16), shift=(1.0, 0.0))
+    whole = write_video(root / "cut.mp4", "chelsea", 17, (16, 16), shift=(0.0, 1.0)).read_bytes()
+    (root / "cut.mp4").write_bytes(whole[: int(0.9 * len(whole))])
     write_video(root / "short.mp4", "rocket", 4, (12, 20), shift=(0.0, 1.0))
     (root / "nested").mkdir()
     write_video(root / "nested" / "odd.mp4", "astronaut", 9, (11, 13), angle_deg=2.0)
@@ -77,7 +81,7 @@ def finished_run(archive, tiny_model, tmp_path_factory):
 def test_every_good_video_is_restored_and_bad_ones_are_reported(finished_run, archive):
     dst, summary = finished_run
     assert sorted(Path(u).name for u in summary.videos_done) == ["long.mp4", "odd.mp4", "short.mp4"]
-    assert sorted(Path(u).name for u in summary.videos_failed) == ["broken.mp4", "empty.mov"]
+    assert sorted(Path(u).name for u in summary.videos_failed) == ["broken.mp4", "cut.mp4", "empty.mov"]
     assert "empty" in summary.videos_failed[str(archive / "empty.mov")]
     for name, src in [("long", archive / "long.mp4"), ("short", archive / "short.mp4"), ("odd", archive / "nested" / "odd.mp4")]:
         a, b = probe(str(src)), probe(str(dst / f"{name}.mp4"))
@@ -91,12 +95,31 @@ def test_manifest_has_a_row_for_every_unit_and_video(finished_run):
     manifest = Manifest(str(dst))
     latest = manifest.latest()
     plan = manifest.read_table("clips").to_pylist()
-    assert plan and all(latest[u["id"]]["status"] == "done" for u in plan)
+    assert plan and all(u["id"] in latest for u in plan)
     assert {u["kind"] for u in plan} == {"seam", "clip"}
+    good = [u for u in plan if not u["uri"].endswith("cut.mp4")]
+    assert all(latest[u["id"]]["status"] == "done" for u in good)
+    # The cut video: its first units are restored; the first span that does not decode
+    # fails, and every later unit fails naming it (their noise coordinates run through it).
+    cut = sorted((u for u in plan if u["uri"].endswith("cut.mp4")), key=lambda u: (u["start"], u["phase"]))
+    states = [latest[u["id"]]["status"] for u in cut]
+    first = states.index("failed")
+    assert 0 < first and set(states[first:]) == {"failed"} and set(states[:first]) == {"done"}
+    assert latest[cut[first]["id"]]["error"].startswith("decode:")
+    assert all(f"needs unit {cut[first]['id']}" in latest[u["id"]]["error"] for u in cut[first + 1 :])
     videos = [r for r in latest.values() if r["kind"] == "video"]
-    assert sorted(r["status"] for r in videos) == ["done"] * 3 + ["failed"] * 2
+    assert sorted(r["status"] for r in videos) == ["done"] * 3 + ["failed"] * 3
     status = manifest.status()
-    assert (status["clips_done"], status["clips_pending"], status["videos_failed"]) == (len(plan), 0, 2)
+    failed = len(cut) - first
+    assert (status["clips_done"], status["clips_failed"], status["clips_pending"], status["videos_failed"]) == (
+        len(plan) - failed, failed, 0, 3)
+
+
+def test_videos_stream_out_while_others_are_processed(finished_run):
+    """No barrier between videos: the first video is written before the last unit is done."""
+    rows = Manifest(str(finished_run[0])).progress().to_pylist()
+    first_video = min(r["finished_at"] for r in rows if r["kind"] == "video" and r["status"] == "done")
+    assert first_video < max(r["finished_at"] for r in rows if r["kind"] != "video")
 
 
 def test_outputs_agree_with_the_measurements(finished_run, archive):
@@ -129,7 +152,7 @@ def test_cli_status_and_exit_code(finished_run, archive, tiny_model, capsys):
     assert "failed" in out and "broken.mp4" in out
     code = cli_main(["run", str(archive), "--out", str(dst), "--task", "sr", "--model", tiny_model,
                      "--clip-len", "7", "--overlap", "2", "--steps", "3", "--max-actors", "1"])
-    assert code == 1  # two bad inputs
+    assert code == 1  # three bad inputs
     assert cli_main(["run", str(archive), "--out", str(dst), "--model", "some-org/some-model"]) == 2
 
 

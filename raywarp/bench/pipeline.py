@@ -1,6 +1,6 @@
 """Pipeline benchmark: `raywarp run` on the embedded Ray against a plain single-process loop.
 
-    python -m raywarp.bench.pipeline [--videos 4] [--frames 32] [--size 16 24] [--steps 20] [--actors 1 2]
+    python -m raywarp.bench.pipeline [--videos 4] [--frames 24] [--size 16 24] [--steps 20] [--actors 1 2]
 
 The workload: videos of held-out photographs with known motion, restored by SR ×4 with
 the shipped prior (`warped` sampling). The plain loop calls the pipeline's own stages
@@ -101,7 +101,7 @@ def measure(dst: str, wall: float, actors: int, pixels_per_frame: int) -> dict:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=4)
-    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--frames", type=int, default=24)
     p.add_argument("--size", type=int, nargs=2, default=(16, 24), metavar=("H", "W"), help="input (low-resolution) size")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--actors", type=int, nargs="+", default=(1, 2), help="worker pool sizes to measure")

@@ -30,8 +30,10 @@ for their noise coordinates; clips need their seams).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import ray
@@ -106,10 +108,32 @@ class _Unit:
     frames: ray.ObjectRef | None = None  # a seam's frames, anchors of its clips
 
 
-class _Stream:
-    """The dependency loop of one run (see the module docstring)."""
+class _Pool:
+    """The run's worker actors: the first `min_actors` start before the videos are even
+    probed (loading models overlaps probing and planning); `grow` adds one at a time."""
 
-    def __init__(self, videos: list[dict], units: list[dict], done: set[str], manifest: Manifest,
+    def __init__(self, config: RunConfig, dst: str, storage_options, attempt: int):
+        self.worker = ray.remote(UnitWorker).options(
+            num_cpus=config.actor_cpus, num_gpus=config.gpus_per_actor, max_restarts=3, max_task_retries=1)
+        self.args = (config.to_dict(), dst, storage_options, attempt)
+        self.actors, self.idle = [], []
+        self.starting: dict[ray.ObjectRef, object] = {}  # ready() ref → actor
+        for _ in range(config.min_actors):
+            self.grow()
+
+    def grow(self) -> None:
+        actor = self.worker.remote(*self.args)
+        self.actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+
+
+class _Stream:
+    """The dependency loop of one run (see the module docstring).
+
+    Work per event is bounded by the window, not by the size of the run: units wait in
+    `pending` (run order) until opened, and only the `open` ones are looked at."""
+
+    def __init__(self, videos: list[dict], units: list[dict], done: set[str], pool: _Pool, manifest: Manifest,
                  config: RunConfig, storage_options, attempt: int, summary: RunSummary, log):
         self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
         self.summary, self.log = summary, log
@@ -117,23 +141,31 @@ class _Stream:
         self.chains: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
         for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
             if u["video_id"] in self.chains:
-                self.chains[u["video_id"]].append(_Unit(u))
-        self.order = [u for chain in self.chains.values() for u in chain]  # the run order
-        self.units = {u.row["id"]: u for u in self.order}
-        self.waiting: dict[ray.ObjectRef, tuple] = {}  # ref → (what, unit or video, actor)
-        self.worker = ray.remote(UnitWorker).options(
-            num_cpus=config.actor_cpus, num_gpus=config.gpus_per_actor, max_restarts=3, max_task_retries=1)
-        self.actors, self.idle, self.starting = [], [], 0
+                self.chains[u["video_id"]].append(_Unit(u, state="done" if u["id"] in done else "waiting"))
+        self.units = {u.row["id"]: u for chain in self.chains.values() for u in chain}
+        self.anchored = {}  # seam id → the clips it anchors
+        for u in self.units.values():
+            for key in ("start_anchor", "end_anchor"):
+                self.anchored.setdefault(u.row[key], []).append(u)
+        self.pending = deque(u for chain in self.chains.values() for u in chain if u.state == "waiting")
+        self.open: list[_Unit] = []  # opened, not finished, in run order
+        self.left = {vid: sum(u.state != "done" for u in chain) for vid, chain in self.chains.items()}
+        self.cursor = dict.fromkeys(self.chains, 0)  # per video: the first unit without coordinates
+        self.pool = pool
+        self.waiting: dict[ray.ObjectRef, tuple] = {ref: ("actor", a) for ref, a in pool.starting.items()}
         self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
         self.commits = 0
-        for u in self.order:
-            if u.row["id"] in done:
-                u.state = "done"
-        for chain in self.chains.values():
+        for vid, chain in self.chains.items():
             self._load_committed(chain)
-            self._extend_coords(chain)
+            self._extend_coords(vid)
+            if not self.left[vid]:  # every unit committed before, the video not yet written
+                self._finish_video(vid)
 
     # -- bookkeeping -----------------------------------------------------------------
+
+    def _light(self, fn):
+        """`fn` as a light CPU task, beside the actors."""
+        return fn.options(num_cpus=self.config.decode_cpus)
 
     def _wait(self, ref, *what):
         self.waiting[ref] = what
@@ -141,22 +173,23 @@ class _Stream:
     def _load_committed(self, chain: list[_Unit]) -> None:
         """What committed units hand on to uncommitted ones: end maps, a seam's frames."""
         last_open = max((k for k, u in enumerate(chain) if u.state != "done"), default=-1)
-        for k, u in enumerate(chain[:last_open]):
+        for u in chain[:last_open]:
             if u.state == "done":
-                u.end_map = load_array.remote(self.manifest.dst, self.options, end_map_key(u.row["id"]), "end_map")
+                u.end_map = self._light(load_array).remote(self.manifest.dst, self.options, end_map_key(u.row["id"]), "end_map")
                 if u.row["kind"] == "seam":
-                    u.frames = load_array.remote(self.manifest.dst, self.options, u.row["id"], "frames")
+                    u.frames = self._light(load_array).remote(self.manifest.dst, self.options, u.row["id"], "frames")
         chain[0].has_coords = True  # the identity
 
-    def _extend_coords(self, chain: list[_Unit]) -> None:
-        """Submit the coordinate scan as far as end maps exist."""
-        for prev, nxt in zip(chain, chain[1:]):
-            if nxt.has_coords or nxt.coords is not None:
-                continue
-            if not prev.has_coords or prev.end_map is None:
-                return
-            nxt.coords = advance_coords.options(num_cpus=self.config.decode_cpus).remote(prev.coords, prev.end_map)
+    def _extend_coords(self, vid: str) -> None:
+        """Submit the coordinate scan of a video as far as good end maps exist. The cursor
+        is the last unit whose coordinates are submitted (or, for the first, known)."""
+        chain, k = self.chains[vid], self.cursor[vid]
+        while k + 1 < len(chain) and chain[k].state in ("flowed", "sampling", "done") and chain[k].end_map is not None:
+            nxt = chain[k + 1]
+            nxt.coords = self._light(advance_coords).remote(chain[k].coords, chain[k].end_map)
             self._wait(nxt.coords, "coords", nxt)
+            k += 1
+        self.cursor[vid] = k
 
     def _anchors(self, u: _Unit) -> list[_Unit | None]:
         return [self.units.get(u.row[k]) for k in ("start_anchor", "end_anchor")]
@@ -164,6 +197,14 @@ class _Stream:
     def _ready_to_sample(self, u: _Unit) -> bool:
         return (u.state == "flowed" and u.has_coords
                 and all(a is None or a.state == "done" for a in self._anchors(u)))
+
+    def _settle(self, u: _Unit, state: str) -> None:
+        """`u` is done or failed; the video is finished with its last unit."""
+        u.state, u.pixels, u.flows = state, None, None  # free them in the object store
+        vid = u.row["video_id"]
+        self.left[vid] -= 1
+        if not self.left[vid]:
+            self._finish_video(vid)
 
     def _fail(self, u: _Unit, error: str, coords_broken: bool, committed: bool = False) -> None:
         """A failed row for `u` (`committed`: its worker wrote it), and for the units that need it."""
@@ -173,46 +214,46 @@ class _Stream:
             now = time.time()
             self.manifest.append_progress([progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
                                                         started_at=u.timing.get("started_at", now), finished_at=now)])
-        u.state = "failed"
+        self._settle(u, "failed")
         reason = f"needs unit {u.row['id']} ({u.row['kind']} {u.row['start']}-{u.row['stop']}), which failed: {error}"
-        chain = self.chains[u.row["video_id"]]
-        for other in chain:
-            if u.row["id"] in (other.row["start_anchor"], other.row["end_anchor"]):
-                self._fail(other, "sample: " + reason, coords_broken=False)
-        if coords_broken:
+        for clip in self.anchored.get(u.row["id"], []):
+            self._fail(clip, "sample: " + reason, coords_broken=False)
+        if coords_broken:  # every later unit's noise coordinates run through this one
+            chain = self.chains[u.row["video_id"]]
             for other in chain[chain.index(u) + 1 :]:
                 self._fail(other, "coords: " + reason, coords_broken=False)
 
     # -- the loop --------------------------------------------------------------------
 
     def _open(self) -> None:
-        open_units = sum(u.state not in ("waiting", "done", "failed") for u in self.order)
-        for u in self.order:
-            if open_units >= self.window:
-                return
-            if u.state == "waiting":
-                u.pixels, info = decode_unit.options(num_cpus=self.config.decode_cpus).remote(u.row, self.options)
-                u.state = "decoding"
-                self._wait(info, "decoded", u)
-                open_units += 1
+        self.open = [u for u in self.open if u.state not in ("done", "failed")]
+        while self.pending and len(self.open) < self.window:
+            u = self.pending.popleft()
+            if u.state != "waiting":  # failed as a dependent before it was opened
+                continue
+            u.pixels, info = self._light(decode_unit).remote(u.row, self.options)
+            u.state = "decoding"
+            self._wait(info, "decoded", u)
+            self.open.append(u)
 
     def _grow_pool(self, ready_tasks: int) -> None:
-        """Start with min_actors; add one at a time, up to max_actors, while work waits."""
-        want = len(self.actors) < self.config.min_actors or (ready_tasks > len(self.idle) and not self.starting)
-        if want and len(self.actors) < self.config.max_actors:
-            actor = self.worker.remote(self.config.to_dict(), self.manifest.dst, self.options, self.attempt)
-            self.actors.append(actor)
-            self.starting += 1
-            self._wait(actor.ready.remote(), "actor", actor)
+        """Add one actor at a time, up to max_actors, while work waits for an idle one
+        (and to replace lost ones)."""
+        pool = self.pool
+        want = len(pool.actors) < self.config.min_actors or (ready_tasks > len(pool.idle) and not pool.starting)
+        if want and len(pool.actors) < self.config.max_actors:
+            pool.grow()
+            ref = next(reversed(pool.starting))
+            self._wait(ref, "actor", pool.starting[ref])
 
     def _dispatch(self) -> None:
-        flow_ready = [u for u in self.order if u.state == "decoded"]
-        sample_ready = [u for u in self.order if self._ready_to_sample(u)]
+        flow_ready = [u for u in self.open if u.state == "decoded"]
+        sample_ready = [u for u in self.open if self._ready_to_sample(u)]
         self._grow_pool(len(flow_ready) + len(sample_ready))
         for u in flow_ready + sample_ready:
-            if not self.idle:
+            if not self.pool.idle:
                 return
-            actor = self.idle.pop(0)
+            actor = self.pool.idle.pop(0)
             if u.state == "decoded":
                 info, u.flows, u.end_map = actor.flows.remote(u.row, u.pixels)
                 u.state = "flowing"
@@ -223,48 +264,43 @@ class _Stream:
                 u.state = "sampling"
                 self._wait(row, "sampled", u, actor)
 
-    def _finish_videos(self) -> None:
-        for vid, chain in list(self.chains.items()):
-            if any(u.state not in ("done", "failed") for u in chain):
-                continue
-            video = self.videos[vid]
-            del self.chains[vid]
-            failed = [u for u in chain if u.state == "failed"]
-            if failed:
-                latest = self.manifest.latest()
-                first = latest.get(failed[0].row["id"], {}).get("error") or "no result"
-                reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
-                now = time.time()
-                self.manifest.append_progress([{"id": vid, "video_id": vid, "uri": video["uri"], "kind": "video",
-                                                "status": "failed", "attempt": self.attempt, "error": reason,
-                                                "frames": 0, "started_at": now, "finished_at": now}])
-                self.summary.videos_failed[video["uri"]] = reason
-                self.log(f"FAILED {video['uri']}: {reason}")
-                continue
+    def _finish_video(self, vid: str) -> None:
+        """Encode a video whose units are all committed, or record why it failed."""
+        video, chain = self.videos[vid], self.chains[vid]
+        failed = [u for u in chain if u.state == "failed"]
+        if not failed:
             ids = [u.row["id"] for u in sorted(chain, key=lambda u: u.row["out_start"])]
-            self._wait(encode_units.options(num_cpus=self.config.decode_cpus).remote(
-                video, ids, self.manifest.dst, self.options, self.attempt), "encoded", video)
+            self._wait(self._light(encode_units).remote(video, ids, self.manifest.dst, self.options, self.attempt),
+                       "encoded", video)
+            return
+        first = self.manifest.latest().get(failed[0].row["id"], {}).get("error") or "no result"
+        reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
+        now = time.time()
+        self.manifest.append_progress([{"id": vid, "video_id": vid, "uri": video["uri"], "kind": "video",
+                                        "status": "failed", "attempt": self.attempt, "error": reason,
+                                        "frames": 0, "started_at": now, "finished_at": now}])
+        self.summary.videos_failed[video["uri"]] = reason
+        self.log(f"FAILED {video['uri']}: {reason}")
 
     def _complete(self, ref, what: str, subject, actor=None) -> None:
+        pool = self.pool
+        if what == "actor":
+            del pool.starting[ref]
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:  # a worker process died, an actor was lost
             result = {"error": error_text(what, exc), "status": "failed", "crashed": True}
             if isinstance(exc, ray.exceptions.RayActorError):  # gone for good: out of the pool
-                lost = subject if what == "actor" else actor
-                self.actors.remove(lost)
-                self.starting -= what == "actor"
+                pool.actors.remove(subject if what == "actor" else actor)
                 actor = None
                 if what == "actor":
                     return
         if actor is not None:
-            self.idle.append(actor)
+            pool.idle.append(actor)
         if isinstance(subject, _Unit) and subject.state == "failed":  # failed meanwhile, as a dependent
-            subject.pixels = subject.flows = None
             return
         if what == "actor":
-            self.starting -= 1
-            self.idle.append(subject)
+            pool.idle.append(subject)
         elif what == "decoded":
             subject.timing.update(result)
             if result["error"]:
@@ -274,20 +310,20 @@ class _Stream:
         elif what == "flowed":
             subject.timing["seconds_flow"] = result.get("seconds_flow", 0.0)
             if result["error"]:
-                subject.end_map = None
                 self._fail(subject, result["error"], coords_broken=True)
             else:
                 subject.state = "flowed"
-                self._extend_coords(self.chains[subject.row["video_id"]])
+                self._extend_coords(subject.row["video_id"])
         elif what == "coords":
-            subject.has_coords = True
-            self._extend_coords(self.chains[subject.row["video_id"]])
+            if isinstance(result, dict):  # the task crashed
+                self._fail(subject, result["error"], coords_broken=True)
+            else:
+                subject.has_coords = True
         elif what == "sampled":
-            subject.pixels = subject.flows = None  # free them in the object store
             self.commits += 1
             if result.get("status") == "done":
-                subject.state = "done"
                 self.summary.units_computed += 1
+                self._settle(subject, "done")
             else:
                 self._fail(subject, result["error"], coords_broken=False, committed=not result.get("crashed"))
             if self.commits % COMPACT_EVERY == 0:
@@ -301,15 +337,28 @@ class _Stream:
                 self.log(f"FAILED {result['uri']}: {result['error']}")
 
     def run(self) -> None:
-        self._finish_videos()  # videos whose units were all committed before
-        while self.waiting or self.chains:
+        while True:
             self._open()
+            # Work is left while units are pending or open, or a video is being encoded.
+            if not (self.pending or self.open or any(what[0] != "actor" for what in self.waiting.values())):
+                return
             self._dispatch()
             if not self.waiting:
                 raise RuntimeError("the stream is stuck: no task in flight and units left")  # a bug, loudly
             ready, _ = ray.wait(list(self.waiting), num_returns=1)
             self._complete(ready[0], *self.waiting.pop(ready[0]))
-            self._finish_videos()
+
+
+def local_system_config(config: RunConfig) -> dict:
+    """Ray settings for a local cluster this process starts.
+
+    Ray keeps at most as many idle worker processes as the node has CPUs, and counts the
+    worker actors among them: on a small machine, the light tasks' workers were then
+    killed after every task, and each new one re-imported torch (measured: 4 workers
+    for 8 tasks beside one actor; ~4.5 s of CPU each, taken from the actors). Room for
+    the actors on top keeps one warm.
+    """
+    return {"num_workers_soft_limit": (os.cpu_count() or 1) + config.max_actors}
 
 
 def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = None, address: str | None = None,
@@ -319,8 +368,10 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
     manifest = Manifest(dst, storage_options)
     attempt = manifest.start_run(config.to_dict(), config.hash())  # refuses a different config
     embedded = not ray.is_initialized()
-    if embedded:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False) if address else ray.init(log_to_driver=False)
+    if embedded and address:
+        ray.init(address=address, log_to_driver=False)
+    elif embedded:
+        ray.init(log_to_driver=False, include_dashboard=False, _system_config=local_system_config(config))
     try:
         summary = _run(src, dst, config, storage_options, manifest, attempt, log)
     finally:
@@ -332,6 +383,7 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
 
 def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
     summary = RunSummary(dst)
+    pool = _Pool(config, manifest.dst, storage_options, attempt)
     uris = list_videos(src, storage_options)
     probed = ray.get([_probe.remote(u, storage_options) for u in uris])
     config_hash = config.hash()
@@ -360,6 +412,6 @@ def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, lo
     done = manifest.committed()
     summary.videos_done += [v["uri"] for v in videos if v["video_id"] in done]
     summary.units_skipped = sum(u["id"] in done for u in units)
-    _Stream(videos, units, done, manifest, config, storage_options, attempt, summary, log).run()
+    _Stream(videos, units, done, pool, manifest, config, storage_options, attempt, summary, log).run()
     manifest.compact()
     return summary
