@@ -99,14 +99,17 @@ def test_manifest_has_a_row_for_every_unit_and_video(finished_run):
     assert {u["kind"] for u in plan} == {"seam", "clip"}
     good = [u for u in plan if not u["uri"].endswith("cut.mp4")]
     assert all(latest[u["id"]]["status"] == "done" for u in good)
-    # The cut video: its first units are restored; the first span that does not decode
-    # fails, and every later unit fails naming it (their noise coordinates run through it).
+    # The cut video: its first units are restored; from the first span that does not
+    # decode on, every unit fails: by its own decode, or naming the failed unit it needs
+    # (noise coordinates run through every earlier unit; a clip needs its seams).
     cut = sorted((u for u in plan if u["uri"].endswith("cut.mp4")), key=lambda u: (u["start"], u["phase"]))
     states = [latest[u["id"]]["status"] for u in cut]
     first = states.index("failed")
     assert 0 < first and set(states[first:]) == {"failed"} and set(states[:first]) == {"done"}
-    assert latest[cut[first]["id"]]["error"].startswith("decode:")
-    assert all(f"needs unit {cut[first]['id']}" in latest[u["id"]]["error"] for u in cut[first + 1 :])
+    errors = {u["id"]: latest[u["id"]]["error"] for u in cut[first:]}
+    assert any(e.startswith("decode:") for e in errors.values())
+    for e in errors.values():
+        assert e.startswith("decode:") or any(f"needs unit {other}" in e for other in errors), e
     videos = [r for r in latest.values() if r["kind"] == "video"]
     assert sorted(r["status"] for r in videos) == ["done"] * 3 + ["failed"] * 3
     status = manifest.status()
@@ -149,7 +152,7 @@ def test_cli_status_and_exit_code(finished_run, archive, tiny_model, capsys):
     dst, _ = finished_run
     assert cli_main(["status", str(dst)]) == 0
     out = capsys.readouterr().out
-    assert "failed" in out and "broken.mp4" in out
+    assert "videos: 3 done, 3 failed, 0 pending" in out and "cut.mp4" in out  # the latest errors
     code = cli_main(["run", str(archive), "--out", str(dst), "--task", "sr", "--model", tiny_model,
                      "--clip-len", "7", "--overlap", "2", "--steps", "3", "--max-actors", "1"])
     assert code == 1  # three bad inputs
