@@ -284,7 +284,7 @@ def test_reader_whose_listing_went_stale_reads_again(manifest, monkeypatch):
 
 @pytest.mark.slow
 def test_twenty_thousand_rows_status_in_a_bounded_read(tmp_path, monkeypatch, capsys):
-    """20,000 rows in 5,000 commits with the driver's periodic compaction, one compaction
+    """20,000 rows in 2,000 commits with the driver's periodic compaction, one compaction
     interrupted: nothing lost, and `raywarp status` reads a bounded number of files."""
     from raywarp.cli import main as cli_main
     from raywarp.pipeline.manifest import COMPACT_EVERY
@@ -292,9 +292,9 @@ def test_twenty_thousand_rows_status_in_a_bounded_read(tmp_path, monkeypatch, ca
     manifest = Manifest(str(tmp_path / "out"))
     manifest.start_run(CONFIG, "h")
     rm = manifest.fs.rm
-    for batch in range(5_000 // COMPACT_EVERY + 1):
-        commits(manifest, min(COMPACT_EVERY, 5_000 - batch * COMPACT_EVERY), rows_each=4, start=batch * COMPACT_EVERY)
-        if batch == 10:  # killed mid-delete
+    for batch in range(2_000 // COMPACT_EVERY + 1):
+        commits(manifest, min(COMPACT_EVERY, 2_000 - batch * COMPACT_EVERY), rows_each=10, start=batch * COMPACT_EVERY)
+        if batch == 4:  # killed mid-delete
             monkeypatch.setattr(manifest.fs, "rm", lambda paths, *a, **k: (rm(sorted(paths)[:7]), 1 / 0))
             with pytest.raises(ZeroDivisionError):
                 manifest.compact(COMPACT_EVERY)
@@ -306,7 +306,7 @@ def test_twenty_thousand_rows_status_in_a_bounded_read(tmp_path, monkeypatch, ca
     started = time.perf_counter()
     status = reader.status()
     seconds = time.perf_counter() - started
-    print(f"status over 20,000 rows in 5,000 commits: {seconds:.2f} s, {len(set(reads))} files read")
+    print(f"status over 20,000 rows in 2,000 commits: {seconds:.2f} s, {len(set(reads))} files read")
     assert status["clips_done"] == 20_000 and status["frames_done"] == 20_000
     assert len({r for r in reads if "/progress/" in r}) <= COMPACT_EVERY + 1
     assert cli_main(["status", str(tmp_path / "out")]) == 0

@@ -371,7 +371,11 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
     if embedded and address:
         ray.init(address=address, log_to_driver=False)
     elif embedded:
-        ray.init(log_to_driver=False, include_dashboard=False, _system_config=local_system_config(config))
+        # One logical CPU more than the machine has, for the light decode/encode/coordinate
+        # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
+        # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, log_to_driver=False, include_dashboard=False,
+                 _system_config=local_system_config(config))
     try:
         summary = _run(src, dst, config, storage_options, manifest, attempt, log)
     finally:
@@ -385,7 +389,8 @@ def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, lo
     summary = RunSummary(dst)
     pool = _Pool(config, manifest.dst, storage_options, attempt)
     uris = list_videos(src, storage_options)
-    probed = ray.get([_probe.remote(u, storage_options) for u in uris])
+    # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
+    probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
     videos, bad = [], []
     for p in probed:
