@@ -40,6 +40,7 @@ __all__ = [
     "gp_noise",
     "warp_coords",
     "warped_gp_noise",
+    "neighbour_spacing",
     "white_noise",
     "warp_white_noise",
 ]
@@ -254,6 +255,21 @@ def warped_gp_noise(features: GPFeatures, backward_flows, height: int, width: in
         frames.append(gp_noise(features, coords))
     out = torch.cat(frames)
     return out.cpu().numpy() if isinstance(like, np.ndarray) else out
+
+
+def neighbour_spacing(coords) -> tuple[float, float]:
+    """Median GP-coordinate distance between horizontal and between vertical neighbours,
+    coords (2, H, W) (1.0, 1.0 on the identity grid).
+
+    What the GP statistics of a frame's noise depend on: its neighbour correlation is the
+    kernel at this distance. Chained through a zoom it shrinks (in) or grows (out) by the
+    zoom factor; rotation and translation keep it. The median ignores the few pixels where
+    occlusions tear the coordinates apart. A size-1 axis reports 1.0.
+    """
+    c = torch.as_tensor(coords, dtype=torch.float64)
+    dx = (c[:, :, 1:] - c[:, :, :-1]).norm(dim=0)
+    dy = (c[:, 1:, :] - c[:, :-1, :]).norm(dim=0)
+    return (float(dx.median()) if dx.numel() else 1.0, float(dy.median()) if dy.numel() else 1.0)
 
 
 # ------------------------------------------------------- Gaussian-preserving white noise

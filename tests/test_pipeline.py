@@ -29,6 +29,7 @@ from raywarp.pipeline.manifest import ConfigMismatchError, Manifest
 from raywarp.pipeline.run import local_system_config, run
 from raywarp.pipeline.source import probe
 from raywarp.sampler import SamplerConfig
+from videos import shown_rotated, write_lossless
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +84,7 @@ def test_every_good_video_is_restored_and_bad_ones_are_reported(finished_run, ar
     assert sorted(Path(u).name for u in summary.videos_done) == ["long.mp4", "odd.mp4", "short.mp4"]
     assert sorted(Path(u).name for u in summary.videos_failed) == ["broken.mp4", "cut.mp4", "empty.mov"]
     assert "empty" in summary.videos_failed[str(archive / "empty.mov")]
-    for name, src in [("long", archive / "long.mp4"), ("short", archive / "short.mp4"), ("odd", archive / "nested" / "odd.mp4")]:
+    for name, src in [("long", archive / "long.mp4"), ("short", archive / "short.mp4"), ("nested/odd", archive / "nested" / "odd.mp4")]:
         a, b = probe(str(src)), probe(str(dst / f"{name}.mp4"))
         assert b["frames"] == a["frames"]
         assert (b["width"], b["height"]) == (4 * a["width"], 4 * a["height"])
@@ -204,6 +205,64 @@ def test_interrupted_run_resumes_without_recomputing(archive, tiny_model, tmp_pa
     clean = tmp_path / "clean"
     assert run(str(src), str(clean), config).ok
     assert (dst / "film.mp4").read_bytes() == (clean / "film.mp4").read_bytes()
+
+
+# (photo, frames, motion) of a film's shots: longer than a clip, shorter than one, one
+# frame (shorter than the overlap), and long again.
+FILM = [("astronaut", 11, {"shift": (1.0, 0.0)}), ("coffee", 3, {"zoom": 1.05}), ("chelsea", 1, {}),
+        ("rocket", 9, {"angle_deg": 3.0})]
+
+
+@pytest.fixture(scope="module")
+def film_run(tiny_model, tmp_path_factory):
+    """A film cut from shots of different photographs and motions, each shot also as a
+    video of its own (lossless, so both decode to the same pixels), and a phone video
+    shown rotated, restored in one run."""
+    src = tmp_path_factory.mktemp("films")
+    parts = [frames_u8(photo, n, (8, 8), **motion) for photo, n, motion in FILM]
+    write_lossless(src / "film.mkv", np.concatenate(parts))
+    (src / "alone").mkdir()
+    for k, part in enumerate(parts):
+        write_lossless(src / "alone" / f"shot{k}.mkv", part)
+    landscape = write_video(tmp_path_factory.mktemp("phone") / "landscape.mp4", "rocket", 5, (12, 20), shift=(0.0, 1.0))
+    shown_rotated(landscape, src / "portrait.mp4")
+    dst = tmp_path_factory.mktemp("films_out")
+    summary = run(str(src), str(dst), small_config(tiny_model))
+    bounds = np.cumsum([0] + [n for _, n, _ in FILM])
+    return src, dst, summary, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _restored(manifest: Manifest, uri: str) -> np.ndarray:
+    """A video's restored frames from its units' payloads, before H.264."""
+    units = sorted((u for u in manifest.read_table("clips").to_pylist() if u["uri"] == uri), key=lambda u: u["out_start"])
+    return np.concatenate([manifest.get_arrays(u["id"])["frames"] for u in units])
+
+
+def test_a_film_is_cut_into_its_shots_and_nothing_leaks_across_a_cut(film_run):
+    """Each shot restored in the film is exactly that shot restored as a video of its own."""
+    src, dst, summary, shots = film_run
+    assert summary.ok, summary.format()
+    manifest = Manifest(str(dst))
+    film = str(src / "film.mkv")
+    table = [r for r in manifest.read_table("shots").to_pylist() if r["uri"] == film]
+    assert [(r["start"], r["stop"]) for r in sorted(table, key=lambda r: r["shot"])] == shots
+    assert all(u["shot_start"] <= u["start"] < u["stop"] <= u["shot_stop"]
+               for u in manifest.read_table("clips").to_pylist())
+    restored = _restored(manifest, film)
+    assert probe(str(dst / "film.mp4"))["frames"] == len(restored) == shots[-1][1]
+    for k, (a, b) in enumerate(shots):
+        np.testing.assert_array_equal(restored[a:b], _restored(manifest, str(src / "alone" / f"shot{k}.mkv")))
+
+
+def test_a_rotated_video_is_restored_as_it_is_displayed(film_run):
+    src, dst, _, _ = film_run
+    source, out = probe(str(src / "portrait.mp4")), probe(str(dst / "portrait.mp4"))
+    assert (source["rotation"], source["width"], source["height"]) == (270, 12, 20)
+    assert (out["rotation"], out["width"], out["height"]) == (0, 48, 80)
+    upright = decode_span(str(src / "portrait.mp4"), 0, 5, rotation=270).astype(np.float32) / 255
+    hr = torch.from_numpy(decode_span(str(dst / "portrait.mp4"), 0, 5).astype(np.float32) / 255).permute(0, 3, 1, 2)
+    down = torch.nn.functional.avg_pool2d(hr, 4).permute(0, 2, 3, 1).numpy()
+    assert np.abs(down - upright).mean() < 0.05
 
 
 def test_seams_are_as_consistent_as_interiors(tmp_path):

@@ -7,10 +7,10 @@ against the moto server from conftest.
 
 import os
 import pickle
-import struct
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -24,6 +24,7 @@ from raywarp.pipeline import decode
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.source import VideoError, filesystem, fingerprint, list_videos, probe
+from videos import shown_rotated
 
 SIZE = (48, 64)  # (H, W)
 FRAMES = 30
@@ -120,16 +121,13 @@ def test_probe_counts_packets_when_the_header_has_no_frame_count(tmp_path, frame
     assert probe(path)["frames"] == 17
 
 
-def test_probe_reads_rotation_from_the_display_matrix(tmp_path, video):
-    # Rewrite the track header's matrix to the one phones write for portrait video:
-    # shown rotated 90 degrees clockwise, i.e. 270 counterclockwise.
-    data = bytearray(open(video, "rb").read())
-    tkhd = data.index(b"tkhd") + 4
-    assert data[tkhd] == 0  # version 0 layout: the matrix is 36 bytes after version/flags
-    struct.pack_into(">5i", data, tkhd + 4 + 36, 0, 1 << 16, 0, -(1 << 16), 0)
-    path = tmp_path / "portrait.mp4"
-    path.write_bytes(data)
-    assert probe(str(path))["rotation"] == 270
+def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path, video, reference):
+    path = shown_rotated(Path(video), tmp_path / "portrait.mp4")
+    info = probe(str(path))
+    assert info["rotation"] == 270
+    assert (info["width"], info["height"]) == (reference.shape[1], reference.shape[2])  # portrait
+    frames = decode_span(str(path), 3, 9, rotation=info["rotation"])
+    np.testing.assert_array_equal(frames, np.rot90(reference[3:9], 3, axes=(1, 2)))  # turned clockwise
 
 
 def test_audio_is_detected_and_copied_packet_for_packet(tmp_path, frames):

@@ -34,7 +34,8 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.manifest import Manifest
-from raywarp.pipeline.run import output_uri, run
+from raywarp.pipeline import shots as rshots
+from raywarp.pipeline.run import output_uris, run
 from raywarp.pipeline.source import list_videos, probe
 from raywarp.pipeline.stages import UnitWorker, decode_unit, encode_units
 from raywarp.sampler import SamplerConfig
@@ -54,19 +55,24 @@ def make_workload(folder: Path, videos: int, frames: int, size) -> None:
 
 
 def plain_loop(src: str, dst: str, config: RunConfig) -> None:
-    """The pipeline's stages called in order in this process: per video, every unit's
-    decode and flows (carrying the noise coordinates along), the seams, the clips, encode."""
+    """The pipeline's stages called in order in this process: per video, the shot scan,
+    every unit's decode and flows (carrying the noise coordinates along each shot), the
+    seams, the clips, encode."""
     manifest = Manifest(dst)
     attempt = manifest.start_run(config.to_dict(), config.hash())
     worker = UnitWorker(config.to_dict(), dst, None, attempt)
-    taken: set[str] = set()
-    for uri in list_videos(src):
+    uris = list_videos(src)
+    for uri, output in output_uris(dst, uris).items():
         video = probe(uri)
         video["video_id"] = rplan.video_id(uri, video["fingerprint"], config.hash())
-        video["output"] = output_uri(dst, uri, taken)
-        units = sorted(rplan.plan_video(video, config), key=lambda u: (u["start"], u["phase"]))
+        video["output"] = output
+        spans = [rshots.scan_span(uri, a, b, config.shot_threshold) for a, b in rshots.scan_spans(video["frames"])]
+        units = sorted(rplan.plan_video({**video, "shots": rshots.shots(video["frames"], spans)}, config),
+                       key=lambda u: (u["start"], u["phase"]))
         inputs, coords = {}, None
-        for u in units:
+        for k, u in enumerate(units):
+            if k and u["shot"] != units[k - 1]["shot"]:
+                coords = None  # a shot starts its own chain
             pixels, timing = decode_unit(u, None)
             info, flows, end = worker.flows(u, pixels)
             inputs[u["id"]] = (pixels, flows, coords, {**timing, **info})

@@ -12,11 +12,16 @@ noise in both: each unit reports its *end map* (where its last frame's pixels si
 first frame, through its own flows), and `advance` carries a unit's first-frame
 coordinates through it to the next unit's first frame (one cheap composition per unit).
 Each unit then chains on from there with its own flows.
+
+Over a long shot the chained coordinates drift: a long zoom compresses (or stretches)
+them, and the noise of every later frame grows too smooth (or too rough). `advance`
+restarts the chain on the pixel grid where a unit would start with its neighbour spacing
+outside `NOISE_SPACING`; each unit then drifts at most by its own motion, so every frame's
+noise keeps GP statistics near those of a fresh frame (bounds: README).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +34,8 @@ from raywarp import noise as rnoise
 from raywarp.pipeline.config import RunConfig
 from raywarp.sampler import chain_coords, sample_clip
 from raywarp.tensors import frames_to_tensor, tensor_to_frames
+
+NOISE_SPACING = (0.8, 1.25)  # band of `rnoise.neighbour_spacing` a unit's chain may start in
 
 
 @dataclass
@@ -106,17 +113,15 @@ def end_map(bwd: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return (coords - rnoise.pixel_grid(*grid)[0]).float().numpy()
 
 
-def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray:
+def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray | None:
     """GP coordinates (2, h, w) of the next unit's first frame (this unit's last), from this
-    unit's first-frame coordinates (None: the identity grid, the video's first unit) and
-    its end map."""
+    unit's first-frame coordinates (None: the identity grid, a shot's first unit) and its
+    end map; None (the identity grid: the chain restarts) where their neighbour spacing
+    leaves `NOISE_SPACING`."""
     first_t = rnoise.pixel_grid(*end.shape[-2:]) if first is None else torch.tensor(first)[None]
-    return rnoise.warp_coords(first_t, torch.tensor(end, dtype=torch.float64)[None])[0].numpy()
-
-
-def video_seed(config: RunConfig, vid: str) -> int:
-    """Per-video seed: every actor derives the same noise for a video's frames."""
-    return int.from_bytes(hashlib.sha256(f"{config.seed}|{vid}".encode()).digest()[:4], "little") >> 1
+    coords = rnoise.warp_coords(first_t, torch.tensor(end, dtype=torch.float64)[None])[0]
+    low, high = NOISE_SPACING
+    return coords.numpy() if all(low <= d <= high for d in rnoise.neighbour_spacing(coords)) else None
 
 
 def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, config: RunConfig, seed: int, start: int,
@@ -124,7 +129,8 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
             end_anchor: np.ndarray | None = None, device="cpu") -> np.ndarray:
     """Sample the unit's frames; returns them as (T, H, W, 3) uint8 at output size.
 
-    fwd, bwd: `flows(m, config)`. first_coords: `advance`'s coordinates of the first frame
+    fwd, bwd: `flows(m, config)`. seed: the shot's (`plan.shot_seed`); start: the first
+    frame's index in its shot. first_coords: `advance`'s coordinates of the first frame
     (None: the identity grid). start_anchor / end_anchor: (H, W, 3) uint8 frames restored
     by the neighbouring seams, known frames for the first / last frame. The result is
     cropped from the padded size and made consistent with the unpadded measurement.

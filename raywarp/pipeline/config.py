@@ -36,6 +36,7 @@ class RunConfig:
     flow_method: str = "dis"
     densify_method: str = "neuroexplicit"
     flow_from: str = "baseline"  # SR: estimate motion on the bicubic baseline, or on the low-res "input"
+    shot_threshold: float = 27.0  # cut detection (raywarp.pipeline.shots); 0: every video is one shot
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
@@ -66,6 +67,8 @@ class RunConfig:
             raise ValueError(f"flow_method: choose one of {rflow.METHODS}, got {self.flow_method!r}")
         if self.densify_method not in DENSIFY_METHODS:
             raise ValueError(f"densify_method: choose one of {DENSIFY_METHODS}, got {self.densify_method!r}")
+        if not self.shot_threshold >= 0:
+            raise ValueError(f"shot_threshold: must be >= 0 (0 turns cut detection off), got {self.shot_threshold}")
         if self.flow_from not in FLOW_FROM:
             raise ValueError(f"flow_from: choose one of {FLOW_FROM}, got {self.flow_from!r}")
         if self.actor_cpus <= 0 or self.decode_cpus <= 0:

@@ -11,6 +11,10 @@ import numpy as np
 from raywarp.pipeline.source import VideoError, filesystem
 
 
+class Truncated(VideoError):
+    """The video ends before the frames asked for."""
+
+
 def _indexed_frames(container, stream, rate: Fraction):
     """Yield (frame index, frame) decoding forward from the container's current position.
 
@@ -61,46 +65,74 @@ def _frames_from(container, stream, rate: Fraction, start: int):
         yield from frames
 
 
-def decode_span(uri: str, start: int, stop: int, storage_options: dict | None = None, fps=None) -> np.ndarray:
+def open_video(f, uri: str):
+    """(container, its first video stream) of the open file `f`; VideoError if there is none."""
+    container = av.open(f, "r")
+    if not container.streams.video:
+        container.close()
+        raise VideoError(uri, "not a video (no video stream)")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame threads: output is identical, just faster
+    return container, stream
+
+
+def span_frames(container, stream, uri: str, start: int, stop: int, fps=None):
+    """Yield the decoded frames (av.VideoFrame) [start, stop), in order, one per index.
+
+    Frame i is the one shown at i / fps after the stream's start (default fps: the
+    stream's average rate). Raises VideoError where the timestamps do not count up one
+    frame at a time (a missing frame, a repeated timestamp: corrupt data or a variable
+    frame rate) and where the video ends early.
+    """
+    rate = Fraction(fps) if fps else (stream.average_rate or stream.guessed_rate)
+    expected = start
+    for index, frame in _frames_from(container, stream, rate, start):
+        if expected == start and index < start:  # before the span, after the seek
+            continue
+        if index >= stop:
+            return
+        if index != expected:
+            at = float(index / rate)
+            raise VideoError(uri, f"frame {expected} expected, the next decoded is shown at {at:.3f} s, where the "
+                                  f"average rate {float(rate):.3f} fps puts frame {index} (corrupt data or a variable "
+                                  "frame rate; convert to a constant rate first, e.g. ffmpeg -i IN -fps_mode cfr OUT)")
+        yield frame
+        expected += 1
+    if expected < stop:
+        raise Truncated(uri, f"truncated: got {expected - start} of {stop - start} frames from frame {start}")
+
+
+def upright(frame, rotation: int) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, turned as the video is displayed
+    (`rotation`: degrees counterclockwise, from `probe`)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
+
+
+def decode_span(uri: str, start: int, stop: int, storage_options: dict | None = None, fps=None,
+                rotation: int = 0) -> np.ndarray:
     """Frames [start, stop) of the video at `uri`, (stop - start, H, W, 3) uint8 RGB.
 
     Frame i is the i-th frame in display order from the start of the stream, found
-    by its timestamp at `fps` (default: the stream's average rate). Seeks to the
-    keyframe before `start` and decodes forward; only the span is kept in memory.
-    Equal to the same slice of a full sequential decode. Raises VideoError when the
-    video cannot deliver the span (e.g. truncated), ValueError for an empty or negative span.
+    by its timestamp at `fps` (default: the stream's average rate), turned upright by
+    `rotation` (degrees counterclockwise). Seeks to the keyframe before `start` and
+    decodes forward; only the span is kept in memory. Equal to the same slice of a full
+    sequential decode. Raises VideoError when the video cannot deliver the span
+    (truncated, corrupt, not at a constant rate), ValueError for an empty or negative span.
     """
     if start < 0 or stop <= start:
         raise ValueError(f"span: need 0 <= start < stop, got [{start}, {stop})")
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as f:
         try:
-            return _decode_span(f, uri, start, stop, fps)
+            container, stream = open_video(f, uri)
+            with container:
+                out = None
+                for k, frame in enumerate(span_frames(container, stream, uri, start, stop, fps)):
+                    image = upright(frame, rotation)
+                    if out is None:
+                        out = np.empty((stop - start, *image.shape), np.uint8)
+                    out[k] = image
+                return out
         except av.FFmpegError as err:
             raise VideoError(uri, f"truncated or corrupt data in frames [{start}, {stop}) ({err})") from err
-
-
-def _decode_span(f, uri: str, start: int, stop: int, fps) -> np.ndarray:
-    """`decode_span` on an open file object `f`."""
-    with av.open(f, "r") as container:
-        if not container.streams.video:
-            raise VideoError(uri, "not a video (no video stream)")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame threads: output is identical, just faster
-        rate = Fraction(fps) if fps else (stream.average_rate or stream.guessed_rate)
-        out, got = None, 0
-        for index, frame in _frames_from(container, stream, rate, start):
-            if index < start + got:  # before the span
-                continue
-            if index >= stop:
-                break
-            if index > start + got:
-                raise VideoError(uri, f"frame {start + got} missing, the next decoded is frame {index} "
-                                      "(corrupt data or variable frame rate)")
-            if out is None:
-                out = np.empty((stop - start, frame.height, frame.width, 3), np.uint8)
-            out[got] = frame.to_ndarray(format="rgb24")
-            got += 1
-        if got < stop - start:
-            raise VideoError(uri, f"truncated: got {got} of {stop - start} frames from frame {start}")
-        return out

@@ -79,7 +79,7 @@ PROGRESS_SCHEMA = pa.schema([
 PROGRESS_REQUIRED = ("id", "kind", "status", "attempt", "finished_at")
 KINDS = ("seam", "clip", "video")
 STATUSES = ("done", "failed")
-TABLES = ("videos", "clips")
+TABLES = ("videos", "shots", "clips")
 
 # A fixed zip member date keeps payload bytes a function of the arrays alone.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)

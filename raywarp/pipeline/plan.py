@@ -1,5 +1,9 @@
 """The plan: every video cut into units of work with deterministic ids.
 
+A video is a sequence of shots (`raywarp.pipeline.shots`); each shot is planned on its
+own, as if it were a video: no unit spans a cut, so no seam, anchor or guidance reaches
+across one, and every shot has its own noise seed and starts its own noise chain.
+
 Cross-shard stitching, two phases (the keyframe scheme of FRESCO / Rerender-A-Video,
 applied to whole runs of frames). Clip k nominally spans frames [k·(L−o), k·(L−o)+L);
 neighbouring clips share o = `overlap` frames, the *seam*.
@@ -14,11 +18,12 @@ cluster. At a seam edge the clip's frame is guided toward the known anchor exact
 interior frames are guided toward their neighbours, and in gp-warp modes the clip's
 noise continues the seam's GP coordinates, so seams are as consistent as interiors.
 
-A video no longer than one clip is a single clip without seams.
+A shot no longer than one clip is a single clip without seams.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 
@@ -43,16 +48,18 @@ def clip_starts(frames: int, clip_len: int, overlap: int) -> list[int]:
     return [k * (clip_len - overlap) for k in range(count)]
 
 
-def plan_video(video: dict, config: RunConfig) -> list[dict]:
-    """Units of one probed video (a row of videos.parquet, with `video_id`), seams first.
+def shot_seed(config: RunConfig, content: str) -> int:
+    """The noise seed of a shot: the run's seed and the shot's content digest, so the shot
+    draws the same noise wherever it appears."""
+    return int.from_bytes(hashlib.sha256(f"{config.seed}|{content}".encode()).digest()[:4], "little") >> 1
 
-    Each unit samples frames [start, stop) and owns output frames [out_start, out_stop);
-    a clip's `start_anchor` / `end_anchor` name the seams whose edge frames it borrows.
-    """
-    n, o = int(video["frames"]), config.overlap
-    starts = clip_starts(n, config.clip_len, o)
-    vid = video["video_id"]
-    base = {"video_id": vid, "uri": video["uri"], "video_frames": n}
+
+def _plan_shot(base: dict, shot: int, first: int, last: int, config: RunConfig) -> list[dict]:
+    """Units of frames [first, last) of a video, one shot, seams first."""
+    o = config.overlap
+    starts = [first + s for s in clip_starts(last - first, config.clip_len, o)]
+    vid = base["video_id"]
+    base = {**base, "shot": shot, "shot_start": first, "shot_stop": last}
     seams = []
     for s in starts[1:]:
         seams.append({**base, "id": unit_id(vid, "seam", s, s + o), "kind": "seam", "phase": 1,
@@ -60,16 +67,33 @@ def plan_video(video: dict, config: RunConfig) -> list[dict]:
                       "start_anchor": "", "end_anchor": ""})
     clips = []
     for k, s in enumerate(starts):
-        first = k > 0
-        last = k == len(starts) - 1
-        start = s + o - 1 if first else 0  # the previous seam's last frame
-        stop = n if last else starts[k + 1] + 1  # through the next seam's first frame
+        opening = k > 0
+        closing = k == len(starts) - 1
+        start = s + o - 1 if opening else first  # the previous seam's last frame
+        stop = last if closing else starts[k + 1] + 1  # through the next seam's first frame
         clips.append({**base, "id": unit_id(vid, "clip", start, stop), "kind": "clip", "phase": 2,
                       "start": start, "stop": stop,
-                      "out_start": start + 1 if first else start, "out_stop": stop if last else stop - 1,
-                      "start_anchor": seams[k - 1]["id"] if first else "",
-                      "end_anchor": "" if last else seams[k]["id"]})
-    units = seams + clips
+                      "out_start": start + 1 if opening else start, "out_stop": stop if closing else stop - 1,
+                      "start_anchor": seams[k - 1]["id"] if opening else "",
+                      "end_anchor": "" if closing else seams[k]["id"]})
+    return seams + clips
+
+
+def plan_video(video: dict, config: RunConfig) -> list[dict]:
+    """Units of one probed video (a row of videos.parquet, with `video_id` and `shots`:
+    (start, stop, content digest) of each shot; without it the video is one shot).
+
+    Each unit samples frames [start, stop) and owns output frames [out_start, out_stop);
+    a clip's `start_anchor` / `end_anchor` name the seams whose edge frames it borrows;
+    `shot`, `shot_start`, `shot_stop` and `seed` say which shot it belongs to.
+    """
+    n = int(video["frames"])
+    base = {"video_id": video["video_id"], "uri": video["uri"], "video_frames": n,
+            "rotation": int(video.get("rotation", 0))}
+    units = []
+    for shot, (first, last, content) in enumerate(video.get("shots") or [(0, n, "")]):
+        units += _plan_shot({**base, "seed": shot_seed(config, f"{video['video_id']}|{shot}" if not content else content)},
+                            shot, first, last, config)
     for u in units:
         u["frames"] = u["out_stop"] - u["out_start"]
     return units

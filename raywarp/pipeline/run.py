@@ -1,11 +1,11 @@
-"""The driver: probe → plan → stream every unit through decode → flows → sample → encode.
+"""The driver: probe → shots → plan → stream every unit through decode → flows → sample → encode.
 
 One streaming run on Ray Core. Every unit of every video goes through the same stages,
 and starts each as soon as its own inputs exist:
 
     decode(u)     CPU task                         when u enters the window
     flows(u)      worker actor   ← decode(u)
-    coords(u)     advance_coords ← coords and end map of the unit before u in its video
+    coords(u)     advance_coords ← coords and end map of the unit before u in its shot
     sample(u)     worker actor   ← decode(u), flows(u), coords(u); a clip also ← its seams
     encode(v)     CPU task       ← every unit of video v committed
 
@@ -24,12 +24,17 @@ Everything the driver decides is written to the manifest before work starts (vid
 plan); every unit is committed by its worker (payload first, row last), so killing the
 driver loses at most the units in flight, and running the same command again skips
 every committed unit and video. A failure never stops the run: the unit gets a failed
-row, and so does every unit that needed it (later units of its video need its end map
+row, and so does every unit that needed it (later units of its shot need its end map
 for their noise coordinates; clips need their seams).
+
+Before planning, every video is scanned for its shots (`raywarp.pipeline.shots`), in
+spans spread over the cluster like the decode tasks; the shots are written to the
+manifest, and a resumed run reads them back instead of scanning again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import time
@@ -40,6 +45,7 @@ import ray
 
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import plan as rplan
+from raywarp.pipeline import shots as rshots
 from raywarp.pipeline import stages
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest
@@ -73,24 +79,60 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def output_uri(dst: str, uri: str, taken: set[str]) -> str:
-    """DST/<source name>.mp4, disambiguated by a suffix when two sources share a name."""
-    stem = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0] or "video"
-    name = stem
-    while name in taken:
-        name = f"{stem}-{len(taken)}"
-    taken.add(name)
-    return f"{dst.rstrip('/')}/{name}.mp4"
+def _path_of(uri: str) -> str:
+    return uri.split("://", 1)[-1]
 
 
-@ray.remote
-def _probe(uri: str, storage_options: dict | None) -> dict:
+def output_uris(dst: str, uris: list[str]) -> dict[str, str]:
+    """{source URI: output URI}: the sources' folders mirrored under `dst`, each as
+    <relative path without extension>.mp4 (a/clip.mov → DST/a/clip.mp4).
+
+    Sources that would still share an output (a/clip.mov and a/clip.mkv) are told apart
+    by a digest of their URI (DST/a/clip-1f3a9c2e.mp4). A function of the URI set alone:
+    the same whatever the listing order, and unique.
+    """
+    paths = [_path_of(u) for u in uris]
     try:
-        return probe(uri, storage_options)
+        root = posixpath.commonpath([posixpath.dirname(p) for p in paths]) if paths else ""
+    except ValueError:  # local and remote sources mixed: keep their whole paths
+        root = ""
+    stems = {u: posixpath.splitext(posixpath.relpath(p, root) if root else p.lstrip("/"))[0] or "video"
+             for u, p in zip(uris, paths)}
+    count: dict[str, int] = {}
+    for stem in stems.values():
+        count[stem] = count.get(stem, 0) + 1
+    dst = dst.rstrip("/")
+    out = {}
+    for u, stem in stems.items():
+        if count[stem] > 1:
+            stem = f"{stem}-{hashlib.sha256(u.encode()).hexdigest()[:8]}"
+        out[u] = f"{dst}/{stem}.mp4"
+    return out
+
+
+def _as_error(uri: str, fn, *args) -> dict:
+    """`fn(*args)`, or {'uri', 'error'} naming why the video cannot be used."""
+    try:
+        return fn(*args)
     except VideoError as exc:
         return {"uri": uri, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an unreadable key must not sink the job
         return {"uri": uri, "error": f"{uri}: cannot read: {type(exc).__name__}: {exc}"}
+
+
+@ray.remote
+def _probe(uri: str, storage_options: dict | None) -> dict:
+    return _as_error(uri, probe, uri, storage_options)
+
+
+@ray.remote
+def _scan(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None) -> dict:
+    return _as_error(uri, rshots.scan_span, uri, start, stop, threshold, storage_options)
+
+
+def _chain_key(unit: dict) -> tuple:
+    """Units with one noise-coordinate chain: those of a shot."""
+    return unit["video_id"], unit["shot"]
 
 
 @dataclass
@@ -138,26 +180,30 @@ class _Stream:
         self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
         self.summary, self.log = summary, log
         self.videos = {v["video_id"]: v for v in videos if v["video_id"] not in done}
-        self.chains: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
+        self.of_video: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
+        self.chains: dict[tuple, list[_Unit]] = {}  # per shot, time order: one noise chain
         for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
-            if u["video_id"] in self.chains:
-                self.chains[u["video_id"]].append(_Unit(u, state="done" if u["id"] in done else "waiting"))
+            if u["video_id"] in self.of_video:
+                unit = _Unit(u, state="done" if u["id"] in done else "waiting")
+                self.of_video[u["video_id"]].append(unit)
+                self.chains.setdefault(_chain_key(u), []).append(unit)
         self.units = {u.row["id"]: u for chain in self.chains.values() for u in chain}
         self.anchored = {}  # seam id → the clips it anchors
         for u in self.units.values():
             for key in ("start_anchor", "end_anchor"):
                 self.anchored.setdefault(u.row[key], []).append(u)
-        self.pending = deque(u for chain in self.chains.values() for u in chain if u.state == "waiting")
+        self.pending = deque(u for chain in self.of_video.values() for u in chain if u.state == "waiting")
         self.open: list[_Unit] = []  # opened, not finished, in run order
-        self.left = {vid: sum(u.state != "done" for u in chain) for vid, chain in self.chains.items()}
-        self.cursor = dict.fromkeys(self.chains, 0)  # per video: the first unit without coordinates
+        self.left = {vid: sum(u.state != "done" for u in chain) for vid, chain in self.of_video.items()}
+        self.cursor = dict.fromkeys(self.chains, 0)  # per shot: the last unit whose coordinates are submitted
         self.pool = pool
         self.waiting: dict[ray.ObjectRef, tuple] = {ref: ("actor", a) for ref, a in pool.starting.items()}
         self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
         self.commits = 0
-        for vid, chain in self.chains.items():
+        for key, chain in self.chains.items():
             self._load_committed(chain)
-            self._extend_coords(vid)
+            self._extend_coords(key)
+        for vid in self.of_video:
             if not self.left[vid]:  # every unit committed before, the video not yet written
                 self._finish_video(vid)
 
@@ -180,16 +226,16 @@ class _Stream:
                     u.frames = self._light(load_array).remote(self.manifest.dst, self.options, u.row["id"], "frames")
         chain[0].has_coords = True  # the identity
 
-    def _extend_coords(self, vid: str) -> None:
-        """Submit the coordinate scan of a video as far as good end maps exist. The cursor
+    def _extend_coords(self, key: tuple) -> None:
+        """Submit the coordinate scan of a shot as far as good end maps exist. The cursor
         is the last unit whose coordinates are submitted (or, for the first, known)."""
-        chain, k = self.chains[vid], self.cursor[vid]
+        chain, k = self.chains[key], self.cursor[key]
         while k + 1 < len(chain) and chain[k].state in ("flowed", "sampling", "done") and chain[k].end_map is not None:
             nxt = chain[k + 1]
             nxt.coords = self._light(advance_coords).remote(chain[k].coords, chain[k].end_map)
             self._wait(nxt.coords, "coords", nxt)
             k += 1
-        self.cursor[vid] = k
+        self.cursor[key] = k
 
     def _anchors(self, u: _Unit) -> list[_Unit | None]:
         return [self.units.get(u.row[k]) for k in ("start_anchor", "end_anchor")]
@@ -218,8 +264,8 @@ class _Stream:
         reason = f"needs unit {u.row['id']} ({u.row['kind']} {u.row['start']}-{u.row['stop']}), which failed: {error}"
         for clip in self.anchored.get(u.row["id"], []):
             self._fail(clip, "sample: " + reason, coords_broken=False)
-        if coords_broken:  # every later unit's noise coordinates run through this one
-            chain = self.chains[u.row["video_id"]]
+        if coords_broken:  # every later unit's noise coordinates in the shot run through this one
+            chain = self.chains[_chain_key(u.row)]
             for other in chain[chain.index(u) + 1 :]:
                 self._fail(other, "coords: " + reason, coords_broken=False)
 
@@ -266,7 +312,7 @@ class _Stream:
 
     def _finish_video(self, vid: str) -> None:
         """Encode a video whose units are all committed, or record why it failed."""
-        video, chain = self.videos[vid], self.chains[vid]
+        video, chain = self.videos[vid], self.of_video[vid]
         failed = [u for u in chain if u.state == "failed"]
         if not failed:
             ids = [u.row["id"] for u in sorted(chain, key=lambda u: u.row["out_start"])]
@@ -275,10 +321,7 @@ class _Stream:
             return
         first = self.manifest.latest().get(failed[0].row["id"], {}).get("error") or "no result"
         reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
-        now = time.time()
-        self.manifest.append_progress([{"id": vid, "video_id": vid, "uri": video["uri"], "kind": "video",
-                                        "status": "failed", "attempt": self.attempt, "error": reason,
-                                        "frames": 0, "started_at": now, "finished_at": now}])
+        self.manifest.append_progress([_failed_video_row(vid, video["uri"], reason, self.attempt)])
         self.summary.videos_failed[video["uri"]] = reason
         self.log(f"FAILED {video['uri']}: {reason}")
 
@@ -313,7 +356,7 @@ class _Stream:
                 self._fail(subject, result["error"], coords_broken=True)
             else:
                 subject.state = "flowed"
-                self._extend_coords(subject.row["video_id"])
+                self._extend_coords(_chain_key(subject.row))
         elif what == "coords":
             if isinstance(result, dict):  # the task crashed
                 self._fail(subject, result["error"], coords_broken=True)
@@ -385,6 +428,42 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
     return summary
 
 
+def _failed_video_row(vid: str, uri: str, error: str, attempt: int) -> dict:
+    now = time.time()
+    return {"id": vid, "video_id": vid, "uri": uri, "kind": "video", "status": "failed", "attempt": attempt,
+            "error": error, "started_at": now, "finished_at": now, "frames": 0}
+
+
+def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, storage_options) -> dict[str, object]:
+    """{video_id: its shots [(start, stop, content)], or an error string}: read back from
+    the manifest where a previous run scanned the video, else scanned now, every span of
+    every video at once."""
+    try:
+        rows = manifest.read_table("shots").to_pylist()
+    except FileNotFoundError:
+        rows = []
+    known: dict[str, list] = {}
+    for r in sorted(rows, key=lambda r: (r["video_id"], r["shot"])):
+        known.setdefault(r["video_id"], []).append((r["start"], r["stop"], r["content"]))
+    found, scans = {}, {}
+    for v in videos:
+        vid = v["video_id"]
+        if vid in known:
+            found[vid] = known[vid]
+        elif config.shot_threshold == 0:
+            found[vid] = [(0, int(v["frames"]), "")]
+        else:
+            scans[vid] = [_scan.options(num_cpus=config.decode_cpus).remote(v["uri"], a, b, config.shot_threshold,
+                                                                             storage_options)
+                          for a, b in rshots.scan_spans(int(v["frames"]))]
+    for v in videos:
+        if v["video_id"] in scans:
+            spans = ray.get(scans[v["video_id"]])
+            error = next((span["error"] for span in spans if "cuts" not in span), None)
+            found[v["video_id"]] = error or rshots.shots(int(v["frames"]), spans)
+    return found
+
+
 def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
     summary = RunSummary(dst)
     pool = _Pool(config, manifest.dst, storage_options, attempt)
@@ -392,26 +471,33 @@ def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, lo
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
+    outputs = output_uris(dst, uris)
     videos, bad = [], []
     for p in probed:
         if "error" in p:
-            bad.append(p)
+            bad.append((rplan.video_id(p["uri"], "unreadable", config_hash), p["uri"], p["error"]))
         else:
             p["video_id"] = rplan.video_id(p["uri"], p["fingerprint"], config_hash)
+            p["output"] = outputs[p["uri"]]
             videos.append(p)
-    taken: set[str] = set()
+    shots = _find_shots(videos, manifest, config, storage_options)
+    bad += [(v["video_id"], v["uri"], shots[v["video_id"]]) for v in videos if isinstance(shots[v["video_id"]], str)]
+    videos = [v for v in videos if not isinstance(shots[v["video_id"]], str)]
+    units = rplan.plan([{**v, "shots": shots[v["video_id"]]} for v in videos], config)
     for v in videos:
-        v["output"] = output_uri(dst, v["uri"], taken)
-    units = rplan.plan(videos, config)
+        v["shots"] = len(shots[v["video_id"]])
+        if v["not_copied"]:
+            log(f"{v['uri']}: not copied to the output: {v['not_copied']}")
     manifest.write_table("videos", videos)
+    manifest.write_table("shots", [{"video_id": v["video_id"], "uri": v["uri"], "shot": k, "start": a, "stop": b,
+                                    "frames": b - a, "content": content}
+                                   for v in videos for k, (a, b, content) in enumerate(shots[v["video_id"]])])
     manifest.write_table("clips", units)
-    for p in bad:  # a video that cannot be probed gets its row now; the others go on
-        vid = rplan.video_id(p["uri"], "unreadable", config_hash)
-        manifest.append_progress([{"id": vid, "video_id": vid, "uri": p["uri"], "kind": "video", "status": "failed",
-                                   "attempt": attempt, "error": p["error"], "started_at": time.time(),
-                                   "finished_at": time.time(), "frames": 0}])
-        summary.videos_failed[p["uri"]] = p["error"]
-    log(f"{len(videos)} videos, {len(units)} units planned ({len(bad)} unreadable); manifest in {manifest.root}")
+    for vid, uri, error in bad:  # a video that cannot be used gets its row now; the others go on
+        manifest.append_progress([_failed_video_row(vid, uri, error, attempt)])
+        summary.videos_failed[uri] = error
+    log(f"{len(videos)} videos, {sum(v['shots'] for v in videos)} shots, {len(units)} units planned "
+        f"({len(bad)} unusable); manifest in {manifest.root}")
 
     manifest.compact()  # a bounded log for this run's reads
     done = manifest.committed()

@@ -121,6 +121,15 @@ def _rotation(stream, frame) -> int:
     return round(ccw) % 360
 
 
+def _not_copied(container) -> str:
+    """The streams the output does not carry: every one but the first video (restored)
+    and the first audio (copied), e.g. "subtitle 2 (subrip); audio 3 (aac)"."""
+    video = container.streams.video[0]
+    audio = container.streams.audio[0] if container.streams.audio else None
+    return "; ".join(f"{s.type} {s.index} ({s.codec_context.name if s.codec_context else 'unknown codec'})"
+                     for s in container.streams if s is not video and s is not audio)
+
+
 def _duration_s(container, stream, frames: int, fps: Fraction) -> float:
     if stream.duration:
         return float(stream.duration * stream.time_base)
@@ -134,8 +143,10 @@ def probe(uri: str, storage_options: dict | None = None) -> dict:
 
     Reads through an fsspec file object, so S3 objects are range-read, not downloaded.
     Decodes exactly one frame to check the video is usable. Returns a dict with keys
-    uri, size_bytes, fingerprint, width, height, fps_num, fps_den, fps, frames,
-    duration_s, codec, rotation, has_audio. Raises VideoError naming the problem.
+    uri, size_bytes, fingerprint, width, height (as displayed: rotation applied),
+    fps_num, fps_den, fps, frames, duration_s, codec, pix_fmt, rotation, has_audio,
+    not_copied (the streams the output drops, see `_not_copied`). Raises VideoError
+    naming the problem.
     """
     fs, path = filesystem(uri, storage_options)
     info = fs.info(path)
@@ -167,18 +178,22 @@ def probe(uri: str, storage_options: dict | None = None) -> dict:
             fps = stream.average_rate or stream.guessed_rate
             if not fps:
                 raise VideoError(uri, "unknown frame rate")
+            rotation = _rotation(stream, first)
+            width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
             return {
                 "uri": uri,
                 "size_bytes": info["size"],
                 "fingerprint": _fingerprint(info),
-                "width": first.width,
-                "height": first.height,
+                "width": width,
+                "height": height,
                 "fps_num": fps.numerator,
                 "fps_den": fps.denominator,
                 "fps": float(fps),
                 "frames": int(frames),
                 "duration_s": _duration_s(container, stream, frames, fps),
                 "codec": stream.codec_context.name,
-                "rotation": _rotation(stream, first),
+                "pix_fmt": first.format.name,
+                "rotation": rotation,
                 "has_audio": bool(container.streams.audio),
+                "not_copied": _not_copied(container),
             }

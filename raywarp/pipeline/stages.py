@@ -62,7 +62,9 @@ def decode_unit(unit: dict, storage_options: dict | None) -> tuple[np.ndarray, d
     """(frames [start, stop) of the unit's video, {'started_at', 'seconds_decode', 'error'})."""
     started, t0 = time.time(), time.perf_counter()
     try:
-        pixels, error = decode_span(unit["uri"], int(unit["start"]), int(unit["stop"]), storage_options), ""
+        pixels = decode_span(unit["uri"], int(unit["start"]), int(unit["stop"]), storage_options,
+                             rotation=int(unit["rotation"]))
+        error = ""
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, never lost
         pixels, error = EMPTY, error_text("decode", exc)
     return pixels, {"started_at": started, "seconds_decode": time.perf_counter() - t0, "error": error}
@@ -134,7 +136,7 @@ class UnitWorker:
             start = int(unit["start"])
             fwd, bwd = torch.tensor(flows, dtype=torch.float32)  # a copy: the object store's is read-only
             restored = rclip.restore(
-                self.denoiser, m, fwd, bwd, self.config, rclip.video_seed(self.config, unit["video_id"]), start,
+                self.denoiser, m, fwd, bwd, self.config, int(unit["seed"]), start - int(unit["shot_start"]),
                 first_coords, start_anchor[-1] if start_anchor is not None else None,
                 end_anchor[0] if end_anchor is not None else None, device=self.device,
             )
