@@ -90,3 +90,48 @@ def test_unit_noise_coordinates_continue_the_video_chain():
         np.testing.assert_allclose(first[:, valid], whole[u["start"]].numpy()[:, valid], atol=1e-4)  # float32 end maps
         first = rclip.advance(first, end)
     assert np.abs(whole[-1] - whole[0]).max() > 10  # the motion is not trivial
+
+
+def _noise_stats(x: torch.Tensor):
+    """Per frame of GP noise (B, C, H, W): spatial variance, and the neighbour correlation
+    along x and along y."""
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    var = x.pow(2).mean(dim=(1, 2, 3))
+    return var, (x[..., 1:] * x[..., :-1]).mean(dim=(1, 2, 3)) / var, (x[..., 1:, :] * x[..., :-1, :]).mean(dim=(1, 2, 3)) / var
+
+
+@pytest.mark.parametrize("zoom", [1.005, 1 / 1.005])
+def test_noise_keeps_its_statistics_over_a_1000_frame_zoom(zoom):
+    """Chained through a long zoom, GP coordinates shrink (zoom in) or grow (zoom out) by
+    0.5% a frame: 0.007x or 146x after 1,000 frames. With the chain restarted where a unit
+    would start outside NOISE_SPACING, every frame's noise stays within the statistics
+    of a fresh frame at the band's edges, widened by one unit's own zoom."""
+    size, frames, config = (24, 24), 1000, RunConfig()
+    centre = torch.tensor([(size[1] - 1) / 2, (size[0] - 1) / 2], dtype=torch.float64).view(1, 2, 1, 1)
+    bwd = ((rnoise.pixel_grid(*size) - centre) * (1 / zoom - 1)).expand(frames - 1, -1, -1, -1)  # exact flow
+    units = sorted(rplan.plan_video(video(frames, config=config), config), key=lambda u: (u["start"], u["phase"]))
+    coords, first, restarts = {}, None, 0
+    for u in units:  # as the pipeline does: each unit chains from `advance`'s coordinates
+        flows = bwd[u["start"] : u["stop"] - 1]
+        chained = chain_coords(flows, *size, start=None if first is None else torch.tensor(first)[None])
+        coords.update({f: chained[f - u["start"]] for f in range(u["out_start"], u["out_stop"])})
+        first = rclip.advance(first, rclip.end_map(flows, size))
+        restarts += first is None
+    features = rnoise.gp_features(3, 2, num_features=1000)
+    var, cx, cy = _noise_stats(rnoise.gp_noise(features, torch.stack([coords[f] for f in range(0, frames, 3)])))
+
+    drift = max(zoom, 1 / zoom) ** (config.clip_len - 1)  # what a unit may add to its start's spacing
+    low, high = rclip.NOISE_SPACING
+    grid = rnoise.pixel_grid(*size)
+    _, *rough = _noise_stats(rnoise.gp_noise(features, grid * high * drift))
+    _, *smooth = _noise_stats(rnoise.gp_noise(features, grid * low / drift))
+    corr_low, corr_high = float(min(rough[0], rough[1])) - 0.03, float(max(smooth[0], smooth[1])) + 0.03
+    assert restarts >= 15
+    assert 0.85 <= float(var.min()) and float(var.max()) <= 1.15, (var.min(), var.max())
+    assert corr_low <= float(torch.minimum(cx, cy).min()) and float(torch.maximum(cx, cy).max()) <= corr_high
+
+    # Without restarts, the last frame's noise is far outside those bounds: near constant
+    # zooming in, near white zooming out.
+    unbroken = chain_coords(bwd, *size)[-1:]
+    var_end, cx_end, _ = _noise_stats(rnoise.gp_noise(features, unbroken))
+    assert float(cx_end) > corr_high + 0.1 if zoom > 1 else float(cx_end) < corr_low - 0.05, float(cx_end)
