@@ -162,6 +162,31 @@ def audio_lead(path) -> float:
         return float(first.pts * first.time_base - video.start_time * video.time_base)
 
 
+def test_streams_the_output_does_not_carry_are_reported(tmp_path, frames):
+    """A second audio track (a commentary, another language) is named, not silently lost."""
+    path = tmp_path / "two_tracks.mkv"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        tracks = [out.add_stream("aac", rate=8000), out.add_stream("mp3", rate=8000)]
+        for track in tracks:
+            track.layout = "mono"
+        for i, a in enumerate(frames[:5]):
+            frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for track in tracks:
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
+            silence.sample_rate, silence.pts = 8000, 0
+            out.mux(track.encode(silence))
+            out.mux(track.encode(None))
+    info = probe(str(path))
+    assert info["has_audio"] and info["not_copied"] == "audio 2 (mp3float)"
+    encode_video(iter(frames[:3]), str(tmp_path / "video_only.mp4"), 25)
+    assert probe(str(tmp_path / "video_only.mp4"))["not_copied"] == ""
+
+
 def test_copied_audio_keeps_its_offset_from_the_video(tmp_path, frames):
     # MPEG-TS timestamps need not start at 0; in this one the audio starts before the video.
     src, dst = tmp_path / "camera.ts", tmp_path / "restored.mp4"
@@ -283,6 +308,47 @@ def test_decode_span_in_other_containers(tmp_path, frames, ext):
     reference = full_decode(path)
     for start, stop in [(0, 3), (7, 12), (26, 30)]:
         np.testing.assert_array_equal(decode_span(str(path), start, stop), reference[start:stop])
+
+
+def _plane_means(frame) -> list[float]:
+    """Mean sample value of each plane of a decoded planar YUV frame."""
+    dtype = np.uint16 if frame.format.components[0].bits > 8 else np.uint8
+    means = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // np.dtype(dtype).itemsize)
+        means.append(float(rows[:, : plane.width].mean()))
+    return means
+
+
+def _bt601_limited(y: float, u: float, v: float, bits: int) -> np.ndarray:
+    """RGB in 0..255 of limited-range BT.601 samples of `bits` bits (the untagged default)."""
+    scale = 2 ** (bits - 8)
+    y, cb, cr = (y / scale - 16) * 255 / 219, (u / scale - 128) * 255 / 224, (v / scale - 128) * 255 / 224
+    kr, kb = 0.299, 0.114
+    r, b = y + 2 * (1 - kr) * cr, y + 2 * (1 - kb) * cb
+    return np.clip([r, (y - kr * r - kb * b) / (1 - kr - kb), b], 0, 255)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "yuv422p10le", "yuv444p", "yuv444p10le"])
+def test_10_bit_and_444_sources_decode_to_their_levels(tmp_path, pix_fmt):
+    """Flat colours: each decoded pixel is the exact conversion of the decoded samples,
+    rounded (swscale's direct 8-bit path was off by 2 levels for 10-bit)."""
+    colours = [(40, 40, 40), (255, 255, 255), (200, 60, 120), (16, 140, 235)]
+    path = tmp_path / f"{pix_fmt}.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for colour in colours:
+            rgb = np.broadcast_to(np.array(colour, np.uint8), (48, 64, 3)).copy()
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        samples = [_plane_means(f) for f in container.decode(video=0)]
+        bits = container.streams.video[0].codec_context.format.components[0].bits
+    decoded = decode_span(str(path), 0, len(colours))
+    for frame, (y, u, v) in zip(decoded, samples):
+        exact = _bt601_limited(y, u, v, bits)
+        assert np.abs(frame.reshape(-1, 3).astype(float) - exact).max() <= 0.5 + 1e-6, (frame[0, 0], exact)
 
 
 def test_decode_span_seeks_back_when_a_seek_lands_past_start(monkeypatch, video, reference):

@@ -102,10 +102,22 @@ def span_frames(container, stream, uri: str, start: int, stop: int, fps=None):
         raise Truncated(uri, f"truncated: got {expected - start} of {stop - start} frames from frame {start}")
 
 
+def to_rgb(frame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, in the colour space the stream is tagged with.
+
+    YUV of more than 8 bits per sample (10-bit, 12-bit) has its chroma brought to full
+    size at 16 bits first: swscale's direct path from subsampled 10-bit to 8-bit RGB is
+    off by up to 3 levels (`tests/test_video_io.py` measures the conversion).
+    """
+    if frame.format.is_rgb or max(c.bits for c in frame.format.components) <= 8:
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(format="yuv444p16le").to_ndarray(format="rgb24")
+
+
 def upright(frame, rotation: int) -> np.ndarray:
-    """A decoded frame as (H, W, 3) uint8 RGB, turned as the video is displayed
+    """A decoded frame as (H, W, 3) uint8 RGB (`to_rgb`), turned as the video is displayed
     (`rotation`: degrees counterclockwise, from `probe`)."""
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = to_rgb(frame)
     return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
 
 

@@ -27,7 +27,7 @@ import av
 import numpy as np
 from scenedetect.detectors import ContentDetector
 
-from raywarp.pipeline.decode import Truncated, open_video, span_frames
+from raywarp.pipeline.decode import Truncated, open_video, span_frames, to_rgb
 from raywarp.pipeline.source import filesystem
 
 SCAN_SPAN = 2400  # frames per scan task
@@ -47,7 +47,7 @@ def _small_bgr(frame) -> np.ndarray:
 
 def frame_digest(frame) -> str:
     """sha256 of a decoded frame's RGB pixels (as decoded, before any rotation)."""
-    return hashlib.sha256(frame.to_ndarray(format="rgb24").tobytes()).hexdigest()
+    return hashlib.sha256(to_rgb(frame).tobytes()).hexdigest()
 
 
 def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None = None) -> dict:
