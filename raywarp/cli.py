@@ -2,8 +2,9 @@
 
     raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
                 [--mode warped|gp-warp|independent|fixed] [--clip-len 16] [--overlap 4]
-                [--steps N] [--guidance λ] [--flow-from baseline|input] [--address auto|URL]
-                [--gpus-per-actor F] [--actor-cpus F] [--min-actors N] [--max-actors N]
+                [--steps N] [--guidance λ] [--flow-from baseline|input] [--shot-threshold 27]
+                [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--min-actors N]
+                [--max-actors N]
     raywarp status DST
     raywarp demo [--out DIR]
 
@@ -42,6 +43,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--flow-from", choices=("baseline", "input"), default=defaults.flow_from,
                    help="SR: estimate motion on the bicubic baseline or on the low-resolution input")
+    p.add_argument("--shot-threshold", type=float, default=defaults.shot_threshold,
+                   help="cut detection: mean HSV change between frames that starts a new shot (PySceneDetect's "
+                        "ContentDetector); 0: no detection, every video is one shot")
     p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")
     p.add_argument("--actor-cpus", type=float, default=defaults.actor_cpus, help="logical CPUs (and threads) per worker actor")
@@ -60,8 +64,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     sampler = SamplerConfig(mode=args.mode, steps=args.steps, guidance=args.guidance, strength=args.strength)
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
-                     gpus_per_actor=args.gpus_per_actor, actor_cpus=args.actor_cpus, min_actors=args.min_actors,
-                     max_actors=args.max_actors)
+                     shot_threshold=args.shot_threshold, gpus_per_actor=args.gpus_per_actor,
+                     actor_cpus=args.actor_cpus, min_actors=args.min_actors, max_actors=args.max_actors)
 
 
 def storage_options_from_args(args: argparse.Namespace) -> dict | None:

@@ -10,6 +10,7 @@ from raywarp import synthetic
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import plan as rplan
 from raywarp.pipeline.config import RunConfig
+from raywarp.pipeline.run import output_uris
 from raywarp.sampler import SamplerConfig, chain_coords
 
 
@@ -135,3 +136,23 @@ def test_noise_keeps_its_statistics_over_a_1000_frame_zoom(zoom):
     unbroken = chain_coords(bwd, *size)[-1:]
     var_end, cx_end, _ = _noise_stats(rnoise.gp_noise(features, unbroken))
     assert float(cx_end) > corr_high + 0.1 if zoom > 1 else float(cx_end) < corr_low - 0.05, float(cx_end)
+
+
+@pytest.mark.parametrize("uris", [
+    ["/in/a/clip.mp4", "/in/b/clip-2.mp4", "/in/c/clip.mp4"],  # once made the old suffix scheme loop forever
+    ["/in/clip.mp4", "/in/clip.mkv", "/in/clip-1.mp4", "/in/clip-2.mp4", "/in/x/clip.mp4"],
+    ["s3://bucket/reels/r1/film.mov", "s3://bucket/reels/r2/film.mov"],
+    ["/local/film.mp4", "s3://bucket/film.mp4"],
+    ["/only/one.mp4"],
+])
+def test_output_names_mirror_the_sources_and_are_unique_in_any_order(uris):
+    out = output_uris("/dst", uris)
+    assert sorted(out) == sorted(uris) and len(set(out.values())) == len(uris)
+    assert all(o.startswith("/dst/") and o.endswith(".mp4") and "//" not in o[1:] for o in out.values())
+    assert output_uris("/dst", uris[::-1]) == out
+
+
+def test_output_names_keep_the_folder_structure():
+    out = output_uris("s3://b/out/", ["s3://b/in/r1/a.mov", "s3://b/in/r2/a.mov", "s3://b/in/b.mkv"])
+    assert out == {"s3://b/in/r1/a.mov": "s3://b/out/r1/a.mp4", "s3://b/in/r2/a.mov": "s3://b/out/r2/a.mp4",
+                   "s3://b/in/b.mkv": "s3://b/out/b.mp4"}

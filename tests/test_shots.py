@@ -4,9 +4,6 @@ trust (a variable frame rate) refused with the reason."""
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
 import torch
@@ -83,17 +80,7 @@ def test_no_unit_spans_a_cut_and_every_frame_is_owned_once(film):
 
 
 def test_variable_frame_rate_is_refused_with_the_reason(tmp_path):
-    path = tmp_path / "vfr.mkv"
-    frames = shot_frames("coffee", 8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "bgr0"
-        stream.time_base = Fraction(1, 1000)
-        for k, (frame, ms) in enumerate(zip(frames, [0, 40, 80, 120, 240, 280, 320, 360])):  # a 120 ms gap
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts, vf.time_base = ms, stream.time_base
-            container.mux(stream.encode(vf))
-        container.mux(stream.encode(None))
+    path = write_lossless(tmp_path / "vfr.mkv", shot_frames("coffee", 8), times_ms=[0, 40, 80, 120, 240, 280, 320, 360])
     with pytest.raises(VideoError, match="variable frame rate"):
         rshots.scan_span(str(path), 0, 8, 27.0)
 

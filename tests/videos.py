@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
 
-def write_lossless(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
-    """(T, H, W, 3) uint8 RGB frames as FFV1 in Matroska: every frame decodes back exactly."""
+def write_lossless(path: Path, frames: np.ndarray, fps: int = 25, times_ms: list[int] | None = None) -> Path:
+    """(T, H, W, 3) uint8 RGB frames as FFV1 in Matroska: every frame decodes back exactly.
+
+    times_ms: each frame's timestamp in milliseconds (default: one every 1/fps).
+    """
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        stream.time_base = Fraction(1, 1000)
+        for k, frame in enumerate(frames):
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            image.pts = times_ms[k] if times_ms else round(k * 1000 / fps)
+            image.time_base = stream.time_base
+            container.mux(stream.encode(image))
         container.mux(stream.encode(None))
     return path
 
