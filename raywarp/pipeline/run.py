@@ -137,9 +137,12 @@ def _chain_key(unit: dict) -> tuple:
 
 @dataclass
 class _Unit:
-    """A unit's place in the stream: the refs of what exists of it so far."""
+    """A unit's place in the stream: the refs of what exists of it and is still needed
+    (each is dropped once no later task needs it, so the object store holds the open
+    units' data, not the run's)."""
 
     row: dict  # its plan row
+    index: int  # its place in its shot's chain
     state: str = "waiting"  # waiting → decoding → decoded → flowing → flowed → sampling → done | failed
     pixels: ray.ObjectRef | None = None
     timing: dict = field(default_factory=dict)
@@ -184,9 +187,10 @@ class _Stream:
         self.chains: dict[tuple, list[_Unit]] = {}  # per shot, time order: one noise chain
         for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
             if u["video_id"] in self.of_video:
-                unit = _Unit(u, state="done" if u["id"] in done else "waiting")
+                chain = self.chains.setdefault(_chain_key(u), [])
+                unit = _Unit(u, len(chain), state="done" if u["id"] in done else "waiting")
                 self.of_video[u["video_id"]].append(unit)
-                self.chains.setdefault(_chain_key(u), []).append(unit)
+                chain.append(unit)
         self.units = {u.row["id"]: u for chain in self.chains.values() for u in chain}
         self.anchored = {}  # seam id → the clips it anchors
         for u in self.units.values():
@@ -234,6 +238,9 @@ class _Stream:
             nxt = chain[k + 1]
             nxt.coords = self._light(advance_coords).remote(chain[k].coords, chain[k].end_map)
             self._wait(nxt.coords, "coords", nxt)
+            chain[k].end_map = None  # the task holds it now
+            if chain[k].state in ("done", "failed"):
+                chain[k].coords = None
             k += 1
         self.cursor[key] = k
 
@@ -245,8 +252,17 @@ class _Stream:
                 and all(a is None or a.state == "done" for a in self._anchors(u)))
 
     def _settle(self, u: _Unit, state: str) -> None:
-        """`u` is done or failed; the video is finished with its last unit."""
-        u.state, u.pixels, u.flows = state, None, None  # free them in the object store
+        """`u` is done or failed; the video is finished with its last unit. Frees what
+        only `u` needed, and its coordinates and a seam's frames once nothing else does."""
+        u.state, u.pixels, u.flows = state, None, None
+        key = _chain_key(u.row)
+        if u.index < self.cursor[key] or u.index == len(self.chains[key]) - 1:  # the next unit's coords are submitted
+            u.coords = None
+        if u.row["kind"] == "clip":
+            u.frames = None
+            for seam in self._anchors(u):
+                if seam is not None and all(c.state in ("done", "failed") for c in self.anchored[seam.row["id"]]):
+                    seam.frames = None
         vid = u.row["video_id"]
         self.left[vid] -= 1
         if not self.left[vid]:
