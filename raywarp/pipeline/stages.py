@@ -1,6 +1,6 @@
 """The pipeline's stages: decode and encode, the worker, and the small steps between them.
 
-    decode_unit      CPU task: one unit's span of its video → frames (uint8)
+    decode_unit      CPU task: one unit's span of its video → frames (uint8, upright)
     UnitWorker       actor, one pool for the run: holds the densifier and the denoiser on
                      its device (the GPU when it has one) and does a unit's two model
                      stages, `flows` and `sample`
@@ -59,7 +59,7 @@ def progress_row(unit: dict, attempt: int, **fields) -> dict:
 
 
 def decode_unit(unit: dict, storage_options: dict | None) -> tuple[np.ndarray, dict]:
-    """(frames [start, stop) of the unit's video, {'started_at', 'seconds_decode', 'error'})."""
+    """(frames [start, stop) of the unit's video, upright, {'started_at', 'seconds_decode', 'error'})."""
     started, t0 = time.time(), time.perf_counter()
     try:
         pixels = decode_span(unit["uri"], int(unit["start"]), int(unit["stop"]), storage_options,
