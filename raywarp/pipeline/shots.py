@@ -61,7 +61,7 @@ def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options
     """
     fs, path = filesystem(uri, storage_options)
     detector = ContentDetector(threshold=threshold, min_scene_len=1)
-    cuts, digests, error, previous = [], {}, "", None
+    cuts, digests, error, previous, reached = [], {}, "", None, None
     with fs.open(path, "rb") as f:
         try:
             container, stream = open_video(f, uri)
@@ -76,11 +76,12 @@ def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options
                             digests[index - 1] = frame_digest(previous)
                     if index == stop - 1:
                         digests[index] = frame_digest(frame)
-                    previous = frame
+                    previous, reached = frame, index
         except Truncated as exc:
             error = str(exc)
         except av.FFmpegError as exc:
-            error = f"{uri}: corrupt data after frame {cuts[-1] if cuts else start} ({exc})"
+            where = f"after frame {reached}" if reached is not None else f"at frame {max(start - 1, 0)}"
+            error = f"{uri}: corrupt data {where} ({exc})"
     return {"cuts": cuts, "digests": digests, "error": error}
 
 
