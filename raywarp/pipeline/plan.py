@@ -92,8 +92,8 @@ def plan_video(video: dict, config: RunConfig) -> list[dict]:
             "rotation": int(video.get("rotation", 0))}
     units = []
     for shot, (first, last, content) in enumerate(video.get("shots") or [(0, n, "")]):
-        units += _plan_shot({**base, "seed": shot_seed(config, f"{video['video_id']}|{shot}" if not content else content)},
-                            shot, first, last, config)
+        seed = shot_seed(config, content or f"{video['video_id']}|{shot}")  # unscanned: the video's own
+        units += _plan_shot({**base, "seed": seed}, shot, first, last, config)
     for u in units:
         u["frames"] = u["out_stop"] - u["out_start"]
     return units
