@@ -23,6 +23,7 @@ target device afterwards, so a seed gives identical results on every device.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -327,19 +328,10 @@ def warp_white_noise(noise, flow, generator, subdivisions: int = 4):
     # shape, then moved, so the result does not depend on the device or on the flow.
     e = torch.randn((bsz, c, h, w, k, k), generator=gen, dtype=dtype).to(dev)
     fresh = torch.randn((bsz, c, kh * kw), generator=gen, dtype=dtype).to(dev)
-    e = e - e.mean(dim=(-2, -1), keepdim=True)
-    sub = noise[..., None, None] / k + e  # (B, C, H, W, k, k)
-    sub = sub.permute(0, 1, 2, 4, 3, 5).reshape(bsz, c, kh * kw)
+    sub = _subpixels(noise, e).reshape(bsz, c, kh * kw)
 
-    # (b) where each target sub-pixel lands, in source sub-pixel indices. Sub-pixel i of
-    # pixel p has centre p + (i + 0.5)/k - 0.5, exactly the sample points of a
-    # half-pixel-aligned bilinear upsampling by k.
-    flow64 = flow.to(torch.float64)
-    flow_up = F.interpolate(flow64, size=(kh, kw), mode="bilinear", align_corners=False)
-    cy = (torch.arange(kh, dtype=torch.float64, device=dev) + 0.5) / k - 0.5
-    cx = (torch.arange(kw, dtype=torch.float64, device=dev) + 0.5) / k - 0.5
-    ix = torch.floor((cx.view(1, 1, kw) + flow_up[:, 0] + 0.5) * k)
-    iy = torch.floor((cy.view(1, kh, 1) + flow_up[:, 1] + 0.5) * k)
+    # (b) where each target sub-pixel lands, in source sub-pixel indices.
+    ix, iy = _subpixel_landings(flow, k)
     inside = (ix >= 0) & (ix < kw) & (iy >= 0) & (iy < kh)  # (B, kH, kW)
     src = (iy.clamp(0, kh - 1) * kw + ix.clamp(0, kw - 1)).long()
     # Out-of-frame hits are made unique (fresh noise, never shared): ids past the canvas.
@@ -348,12 +340,8 @@ def warp_white_noise(noise, flow, generator, subdivisions: int = 4):
 
     hits = torch.gather(sub, 2, src.view(bsz, 1, -1).expand(bsz, c, -1))
     hits = torch.where(inside.view(bsz, 1, -1), hits, fresh)
-    total = hits.view(bsz, c, h, k, w, k).sum(dim=(3, 5))
-
-    # (c) sum_j m_j^2 = number of ordered pairs of a target's sub-pixels with the same id.
-    ids_px = ids.view(bsz, h, k, w, k).permute(0, 1, 3, 2, 4).reshape(bsz, h, w, k * k)
-    sq = (ids_px.unsqueeze(-1) == ids_px.unsqueeze(-2)).sum(dim=(-2, -1))  # (B, H, W)
-    out = total / torch.sqrt(sq.to(dtype)).unsqueeze(1)
+    # (c)
+    out, sq = _normalised_sums(hits, ids, h, w, k)
 
     # Exact pass-through where a target hits all k^2 sub-pixels of one source pixel
     # (all in one source pixel and all distinct), instead of n up to rounding.
@@ -365,3 +353,87 @@ def warp_white_noise(noise, flow, generator, subdivisions: int = 4):
     same = torch.gather(noise.reshape(bsz, c, -1), 2, first).view(bsz, c, h, w)
     out = torch.where(whole.unsqueeze(1), same, out)
     return to_like(out, like)
+
+
+def _subpixels(noise: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Conditional upsampling of pixels (…, H, W) by k with offsets e (…, H, W, k, k) i.i.d.
+    N(0, 1): sub-pixels (…, kH, kW), jointly i.i.d. N(0, 1), each pixel's k² summing to k·n."""
+    k = e.shape[-1]
+    sub = noise[..., None, None] / k + e - e.mean(dim=(-2, -1), keepdim=True)
+    h, w = noise.shape[-2:]
+    return sub.transpose(-3, -2).reshape(*noise.shape[:-2], h * k, w * k)
+
+
+def _subpixel_landings(flow: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source sub-pixel indices (x, y), each (B, kH, kW) float64 holding integers, where the
+    k×k sub-pixels of every target pixel land along the backward flow (B, 2, H, W).
+
+    Sub-pixel i of pixel p has centre p + (i + 0.5)/k - 0.5, exactly the sample points of
+    a half-pixel-aligned bilinear upsampling by k, which also gives the flow there.
+    """
+    _, _, h, w = flow.shape
+    flow_up = F.interpolate(flow.to(torch.float64), size=(k * h, k * w), mode="bilinear", align_corners=False)
+    cy = (torch.arange(k * h, dtype=torch.float64, device=flow.device) + 0.5) / k - 0.5
+    cx = (torch.arange(k * w, dtype=torch.float64, device=flow.device) + 0.5) / k - 0.5
+    ix = torch.floor((cx.view(1, 1, -1) + flow_up[:, 0] + 0.5) * k)
+    iy = torch.floor((cy.view(1, -1, 1) + flow_up[:, 1] + 0.5) * k)
+    return ix, iy
+
+
+def _normalised_sums(hits: torch.Tensor, ids: torch.Tensor, h: int, w: int, k: int):
+    """Per target pixel, the sum of its k² hit sub-pixels (B, C, kH·kW) divided by
+    sqrt(sum_j m_j^2), m_j the multiplicity of each distinct source sub-pixel (ids
+    (B, kH, kW)), so Var = 1 exactly. Returns (B, C, H, W) and sum_j m_j^2 (B, H, W)."""
+    bsz, c = hits.shape[:2]
+    total = hits.view(bsz, c, h, k, w, k).sum(dim=(3, 5))
+    # sum_j m_j^2 = the number of ordered pairs of a target's sub-pixels with the same id.
+    ids_px = ids.view(bsz, h, k, w, k).permute(0, 1, 3, 2, 4).reshape(bsz, h, w, k * k)
+    sq = (ids_px.unsqueeze(-1) == ids_px.unsqueeze(-2)).sum(dim=(-2, -1))
+    return total / torch.sqrt(sq.to(hits.dtype)).unsqueeze(1), sq
+
+
+WHITE_TILE = 64  # pixels per side of one tile of `white_noise_at`'s noise plane, each drawn from its own seed
+
+
+def _white_tile(seed: int, channels: int, tx: int, ty: int, k: int) -> torch.Tensor:
+    """Sub-pixels (C, (S·k)²) of tile (tx, ty) of the seed's white-noise plane, row-major."""
+    tile_seed = int.from_bytes(hashlib.blake2b(f"{seed}|{tx}|{ty}".encode(), digest_size=8).digest(), "little") >> 1
+    g = torch.Generator(device="cpu").manual_seed(tile_seed)
+    n = torch.randn((channels, WHITE_TILE, WHITE_TILE), generator=g)
+    e = torch.randn((channels, WHITE_TILE, WHITE_TILE, k, k), generator=g)
+    return _subpixels(n, e).reshape(channels, -1)
+
+
+def white_noise_at(seed: int, channels: int, coords, subdivisions: int = 4) -> torch.Tensor:
+    """White noise (B, C, H, W) float32 at GP coordinates (B, 2, H, W) (see `warp_coords`):
+    the counterpart of `gp_noise` for models trained on i.i.d. noise.
+
+    The seed fixes one white-noise plane: i.i.d. N(0, 1) pixels on the whole integer
+    lattice (drawn tile by tile, `WHITE_TILE`² pixels from each tile's own seed), upsampled
+    to k×k sub-pixels as in `warp_white_noise` (a). Pixel p of a frame integrates the
+    plane over its footprint: its k×k sub-pixel centres, carried by the displacement
+    coords − grid, pick the sub-pixels they land on, normalised as in `warp_white_noise`
+    (c). So every pixel is exactly N(0, 1), pixels with disjoint footprints are
+    independent, the noise moves with the content along chained coordinates (the
+    Gaussian-preserving warp of Go-with-the-Flow, taken from the shot's reference plane
+    rather than frame to frame), and it is a function of (seed, coords) alone: a frame
+    two units share gets the same noise in both, and a restarted chain (the pixel grid)
+    gets the plane's own pixels back.
+    """
+    seed = _check_int(seed, "seed", minimum=0)
+    channels = _check_int(channels, "channels", minimum=1)
+    k = _check_int(subdivisions, "subdivisions", minimum=1)
+    coords = as_batch(coords, "coords", channels=2).to(torch.float64)
+    bsz, _, h, w = coords.shape
+    ix, iy = _subpixel_landings(coords - pixel_grid(h, w, device=coords.device), k)
+    side = WHITE_TILE * k  # sub-pixels per tile side
+    tx, ty = torch.div(ix, side, rounding_mode="floor").long(), torch.div(iy, side, rounding_mode="floor").long()
+    # Number the tiles the frame touches; a hit's id is (its tile's number, its place in the tile).
+    x0, y0 = int(tx.min()), int(ty.min())
+    tiles, number = torch.unique((ty - y0) * (int(tx.max()) - x0 + 1) + (tx - x0), return_inverse=True)
+    span = int(tx.max()) - x0 + 1
+    plane = torch.cat([_white_tile(seed, channels, int(key % span) + x0, int(key // span) + y0, k)
+                       for key in tiles.tolist()], 1).to(coords.device)  # (C, tiles · side²)
+    ids = number * side * side + (iy.long() - ty * side) * side + (ix.long() - tx * side)
+    hits = plane[:, ids.view(-1)].view(channels, bsz, -1).transpose(0, 1)
+    return _normalised_sums(hits, ids, h, w, k)[0]

@@ -338,3 +338,47 @@ def test_white_warp_bad_input():
         warp_white_noise(x, torch.zeros(1, 2, 8, 8), "seed")
     with pytest.raises(ValueError, match="shape"):
         white_noise(0, (1, 0, 4))
+
+
+# ------------------------------------------------------- white noise at GP coordinates
+
+
+def coords_of(flow_fn, h=40, w=40):
+    """GP coordinates of a frame one backward-flow step from the pixel grid, far from
+    the plane's origin (negative tiles included)."""
+    return warp_coords(pixel_grid(h, w), flow_fn(h, w, 1).double()) + torch.tensor([-130.3, 57.9], dtype=torch.float64).view(1, 2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "name,flow_fn",
+    [
+        ("fractional translation", lambda h, w, batch: const_flow(h, w, 0.37, -2.61, batch)),
+        ("rotation 17 deg", lambda h, w, batch: rotation_flow(h, w, 17.0, batch)),
+        ("zoom in x2 (magnify)", lambda h, w, batch: zoom_flow(h, w, 0.5, batch)),
+        ("zoom out x2 (compress)", lambda h, w, batch: zoom_flow(h, w, 2.0, batch)),
+    ],
+)
+def test_white_noise_at_coordinates_is_standard_normal_per_pixel(name, flow_fn):
+    # Over 200 seeds each pixel's values: mean 0 (SE 0.07), second moment 1 (SE 0.1).
+    coords = coords_of(flow_fn)
+    samples = torch.cat([N.white_noise_at(seed, 2, coords) for seed in range(200)]).double()
+    assert abs(float(samples.mean())) < 0.02, name
+    assert abs(float(samples.square().mean()) - 1) < 0.03, name
+    per_pixel = samples.square().mean((0, 1))
+    assert float((per_pixel - 1).abs().max()) < 6 * math.sqrt(2 / 400), name
+
+
+def test_white_noise_at_coordinates_moves_with_them_and_depends_on_nothing_else():
+    grid = pixel_grid(48, 48)
+    still = N.white_noise_at(5, 3, grid)
+    moved = N.white_noise_at(5, 3, grid + torch.tensor([5.0, -3.0], dtype=torch.float64).view(1, 2, 1, 1))
+    # Pixel p of the moved frame shows the plane at p + (5, -3): exactly the still frame there.
+    assert torch.equal(moved[..., 3:, :-5], still[..., :-3, 5:])
+    # A frame's noise is the same alone or batched, and differs by seed.
+    far = grid + 200.25
+    both = N.white_noise_at(5, 3, torch.cat([grid, far]))
+    assert torch.equal(both[:1], still) and torch.equal(both[1:], N.white_noise_at(5, 3, far))
+    assert not torch.equal(N.white_noise_at(6, 3, grid), still)
+    # Sub-pixel motion: neighbours stay uncorrelated (every pixel's footprint is its own).
+    frac = N.white_noise_at(5, 4, grid + 0.37).double()
+    assert abs(float((frac[..., 1:] * frac[..., :-1]).mean())) < 0.05
