@@ -1,13 +1,16 @@
-"""Train (or fine-tune) a pixel-space diffusers UNet on GP noise, on Ray Train.
+"""Train (or fine-tune) a pixel-space diffusers UNet on GP noise (or white noise), on Ray Train.
 
     python jobs/train_prior.py                               # the default prior, from scratch
+    python jobs/train_prior.py --noise white --out DIR        # a white-noise model, as public checkpoints are
     python jobs/train_prior.py --model path/to/unet --out path/to/tuned   # fine-tune a local UNet2DModel
     ray job submit --working-dir . -- python jobs/train_prior.py --workers 4 --use-gpu
 
 As in Warped Diffusion, the model learns to denoise Gaussian-process noise instead of
 white noise, so warped GP noise is in-distribution at sampling time (see raywarp.prior).
-Output: a diffusers UNet folder (safetensors), its scheduler config, the GP parameters
-and a README with the exact command.
+`--noise white` trains on i.i.d. noise instead, the kind of model the white-warp modes
+serve. Output: a diffusers UNet folder (safetensors), its scheduler config, the noise
+spec (`raywarp_noise.json`: the sampler's default mode and GP length scale) and a README
+with the exact command.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = ray_train.cosine_schedule(optimiser, cfg.iterations)
     rng = ray_train.worker_rng(cfg.seed)
-    bank = prior.gp_bank(cfg)
+    bank = prior.gp_bank(cfg) if cfg.noise == "gp" else None
 
     def save(directory: Path) -> None:
         unet.save_pretrained(directory, safe_serialization=True)
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--size", type=int, default=d.size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--noise", choices=prior.NOISE_KINDS, default=d.noise, help="the noise the model learns to remove")
     p.add_argument("--length-scale", type=float, default=d.length_scale, help="GP ε in pixels")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--bank", type=int, default=d.bank, help="GP noise fields drawn once and cropped")
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
     ray_train.add_cluster_args(p)
     args = p.parse_args(argv)
     cfg = dataclasses.replace(d, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr,
-                              length_scale=args.length_scale, seed=args.seed, bank=args.bank)
+                              length_scale=args.length_scale, seed=args.seed, bank=args.bank, noise=args.noise)
     result = ray_train.fit(train_loop_per_worker, {"train": dataclasses.asdict(cfg), "model": args.model}, args, "train_prior")
     from diffusers import DDIMScheduler, UNet2DModel
 
@@ -83,8 +87,9 @@ def main(argv=None) -> int:
         scheduler = DDIMScheduler.from_pretrained(ckpt, local_files_only=True)
     command = "python " + " ".join(shlex.quote(a) for a in ["jobs/train_prior.py", *sys.argv[1:]])
     params = sum(q.numel() for q in unet.parameters())
-    notes = (f"# raywarp default prior\n\nConditional pixel-space UNet2DModel ({params:,} parameters) trained on "
-             f"GP noise (length scale {cfg.length_scale} px) by:\n\n    {command}\n\nconfig: {dataclasses.asdict(cfg)}\n\n"
+    noise = f"GP noise (length scale {cfg.length_scale} px)" if cfg.noise == "gp" else "white noise"
+    notes = (f"# raywarp prior\n\nConditional pixel-space UNet2DModel ({params:,} parameters) trained on "
+             f"{noise} by:\n\n    {command}\n\nconfig: {dataclasses.asdict(cfg)}\n\n"
              f"final loss (mean of the last 100 iterations): {result.metrics['loss']:.4f}; "
              f"training time {result.metrics['seconds'] / 60:.1f} min with {args.workers} worker(s)\n")
     prior.save_prior(unet, scheduler, args.out, cfg, notes)

@@ -1,8 +1,9 @@
 """`raywarp run | status | demo`: the command line, and the one place flags become a RunConfig.
 
     raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
-                [--mode warped|gp-warp|independent|fixed] [--clip-len 16] [--overlap 4]
-                [--steps N] [--guidance λ] [--flow-from baseline|input] [--shot-threshold 27]
+                [--mode MODE] [--guidance-method x0|gradient] [--clip-len 16] [--overlap 4]
+                [--steps N] [--guidance λ] [--flow-from baseline|input] [--flow-method dis|farneback|raft]
+                [--shot-threshold 27] [--precision fp32|bf16|fp16] [--compile]
                 [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--min-actors N]
                 [--max-actors N]
     raywarp status DST
@@ -20,8 +21,12 @@ import argparse
 import os
 import sys
 
+from raywarp import flow as rflow
 from raywarp.pipeline.config import RunConfig
-from raywarp.sampler import MODES, SamplerConfig
+from raywarp.sampler import GUIDANCE_METHODS, MODES, SamplerConfig
+from raywarp.tensors import PRECISIONS
+
+DEFAULT_MODE = {"gp": "warped", "white": "white-warped"}  # by the noise the model was trained on
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +39,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", choices=("bicubic", "area"), default=defaults.kernel, help="SR degradation the input went through")
     p.add_argument("--mask", help="inpainting hole: rect:x0,y0,x1,y1 | circle:cx,cy,r | file:PATH | dir:PATH (see raywarp.inverse.parse_mask)")
     p.add_argument("--model", default=defaults.model, help="'default' (the shipped prior) or a local diffusers folder")
-    p.add_argument("--mode", choices=MODES, default=sampler.mode)
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="default: the model's own, from its raywarp_noise.json: warped (GP noise, self-guidance) for "
+                        "GP-noise models such as the shipped prior, white-warped for white-noise models (any folder "
+                        "without that file, e.g. public Stable Diffusion checkpoints)")
+    p.add_argument("--guidance-method", choices=GUIDANCE_METHODS, default=sampler.guidance_method,
+                   help="self-guidance on the prediction x̂0 (no backward pass) or through the denoiser's gradient (the paper's)")
     p.add_argument("--clip-len", type=int, default=defaults.clip_len)
     p.add_argument("--overlap", type=int, default=defaults.overlap)
     p.add_argument("--steps", type=int, default=sampler.steps)
@@ -43,9 +53,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--flow-from", choices=("baseline", "input"), default=defaults.flow_from,
                    help="SR: estimate motion on the bicubic baseline or on the low-resolution input")
+    p.add_argument("--flow-method", choices=rflow.METHODS, default=defaults.flow_method,
+                   help="optical flow estimator (DIS needs a side of at least 12 px on the model's grid)")
     p.add_argument("--shot-threshold", type=float, default=defaults.shot_threshold,
                    help="cut detection: mean HSV change between frames that starts a new shot (PySceneDetect's "
                         "ContentDetector); 0: no detection, every video is one shot")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
+                   help="the denoiser's arithmetic on a GPU (autocast); CPUs always run fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser on GPU actors (compiles on first use)")
     p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")
     p.add_argument("--actor-cpus", type=float, default=defaults.actor_cpus, help="logical CPUs (and threads) per worker actor")
@@ -61,10 +76,18 @@ def add_s3_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    sampler = SamplerConfig(mode=args.mode, steps=args.steps, guidance=args.guidance, strength=args.strength)
+    """The run's config; the sampling mode and GP length scale default to the model's noise spec."""
+    from raywarp.models import noise_spec  # lazy: diffusers takes seconds to import
+
+    spec = noise_spec(args.model)
+    sampler = SamplerConfig(mode=args.mode or DEFAULT_MODE[spec["noise"]], guidance_method=args.guidance_method,
+                            steps=args.steps, guidance=args.guidance, strength=args.strength,
+                            length_scale=spec.get("length_scale", SamplerConfig.length_scale),
+                            num_features=spec.get("num_features", SamplerConfig.num_features))
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
-                     shot_threshold=args.shot_threshold, gpus_per_actor=args.gpus_per_actor,
+                     flow_method=args.flow_method, shot_threshold=args.shot_threshold, precision=args.precision,
+                     compile=args.compile, gpus_per_actor=args.gpus_per_actor,
                      actor_cpus=args.actor_cpus, min_actors=args.min_actors, max_actors=args.max_actors)
 
 

@@ -45,7 +45,7 @@ from diffusers import (
     UNet2DModel,
 )
 
-from raywarp.tensors import as_batch, check_same_size
+from raywarp.tensors import PRECISIONS, as_batch, check_same_size
 
 __all__ = [
     "DEFAULT_PRIOR_DIR",
@@ -63,6 +63,9 @@ DEFAULT_PRIOR_DIR = Path(__file__).resolve().parent / "weights" / "prior"
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
+# The noise a model was trained on, in its folder (written by raywarp.prior.save_prior).
+NOISE_SPEC_FILE = "raywarp_noise.json"
+
 # Used when a model folder has no scheduler config: the DDPM paper's linear schedule.
 _DEFAULT_SCHEDULE = {
     "num_train_timesteps": 1000,
@@ -76,7 +79,7 @@ _DEFAULT_SCHEDULE = {
 _TEXT_LENGTH = 77
 
 # SDXL micro-conditioning: original size (2) + crop top-left (2) + target size (2).
-_SDXL_TIME_IDS = 6
+SDXL_TIME_IDS = 6
 
 _TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 
@@ -117,6 +120,25 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.dtype = dtype
+        self.autocast_dtype: torch.dtype | None = None  # see accelerate()
+
+    def accelerate(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> "Denoiser":
+        """Run the network faster on an accelerator; returns self.
+
+        precision: "bf16" / "fp16" run it under autocast (weights stay as loaded; the
+        sampler's state and the guidance arithmetic stay float32). channels_last: NHWC
+        memory layout, what tensor-core convolutions want. compile: wrap the network in
+        `torch.compile` (opt-in: the first call of each input shape compiles).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.autocast_dtype = None if precision == "fp32" else PRECISIONS[precision]
+        if channels_last:
+            for name in self.networks:
+                getattr(self, name).to(memory_format=torch.channels_last)
+        if compile:
+            self.unet_call = torch.compile(self.unet)
+        return self
 
     @property
     def num_train_timesteps(self) -> int:
@@ -151,7 +173,12 @@ class Denoiser:
         t = int(t)
         if not 0 <= t < self.num_train_timesteps:
             raise ValueError(f"t: expected a timestep in [0, {self.num_train_timesteps}), got {t}")
-        out = self._network(u, t, cond).to(u.dtype)
+        if self.autocast_dtype is None:
+            out = self._network(u, t, cond)
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                out = self._network(u, t, cond)
+        out = out.to(u.dtype)
         a = float(self.alphas_cumprod[t])
         if self.prediction_type == "epsilon":
             return (u - math.sqrt(1 - a) * out) / math.sqrt(a)
@@ -199,7 +226,8 @@ class PixelDenoiser(Denoiser):
         if cfg.out_channels not in (3, 6):
             raise ValueError(f"UNet2DModel out_channels={cfg.out_channels}: expected 3 (or 6 with learned variance)")
         super().__init__(alphas_cumprod, prediction_type, *_network_device_dtype(unet))
-        self.unet = unet
+        self.unet = self.unet_call = unet
+        self.networks = ("unet",)
         self.conditional = cfg.in_channels == 7
         self.multiple = 2 ** (len(cfg.block_out_channels) - 1)
 
@@ -224,7 +252,7 @@ class PixelDenoiser(Denoiser):
                 raise _missing_condition()
             check_same_size(u=u, cond=cond)
             x = torch.cat([x, cond], 1)
-        return self.unet(x, t).sample[:, :3]
+        return self.unet_call(x, t).sample[:, :3]
 
 
 # --------------------------------------------------------------------------- latent models
@@ -270,6 +298,8 @@ class LatentDenoiser(Denoiser):
         device, dtype = _network_device_dtype(unet)
         super().__init__(alphas_cumprod, prediction_type, device, dtype)
         self.unet, self.vae = unet, vae
+        self.unet_call = unet
+        self.networks = ("unet", "vae")
         self.variant = variants[ucfg.in_channels]
         self.conditional = self.variant != "prior"
         self.channels = latent
@@ -285,7 +315,7 @@ class LatentDenoiser(Denoiser):
         self.pooled_prompt_embeds = None
         if self.sdxl:
             if pooled_prompt_embeds is None:
-                width = ucfg.projection_class_embeddings_input_dim - _SDXL_TIME_IDS * ucfg.addition_time_embed_dim
+                width = ucfg.projection_class_embeddings_input_dim - SDXL_TIME_IDS * ucfg.addition_time_embed_dim
                 pooled_prompt_embeds = torch.zeros(1, width)
             self.pooled_prompt_embeds = pooled_prompt_embeds.to(device, dtype)
 
@@ -353,7 +383,7 @@ class LatentDenoiser(Denoiser):
         if cond["extra"] is not None:
             check_same_size(u=u, cond=cond["extra"])
             x = torch.cat([x, cond["extra"]], 1)
-        return self.unet(x, t, **cond["kwargs"]).sample
+        return self.unet_call(x, t, **cond["kwargs"]).sample
 
 
 # --------------------------------------------------------------------------- loading
@@ -483,7 +513,8 @@ def load_denoiser(name_or_path: str | Path, device="cpu", dtype: torch.dtype = t
         unet = _load(UNet2DConditionModel, unet_dir, device, dtype)
         # The SDXL VAE overflows in float16; diffusers keeps such VAEs (force_upcast) in float32.
         vae_config = json.loads((root / "vae" / "config.json").read_text())
-        vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast") else dtype
+        # diffusers' default is True: a config without the key (the x4 upscaler's) is upcast too.
+        vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
         vae = _load(AutoencoderKL, root / "vae", device, vae_dtype)
         prompt, pooled = _empty_prompt(root, unet.config.addition_embed_type == "text_time")
         return LatentDenoiser(unet, vae, alphas_cumprod, prediction_type, prompt, pooled)
@@ -491,6 +522,22 @@ def load_denoiser(name_or_path: str | Path, device="cpu", dtype: torch.dtype = t
         f"{root}: unsupported model ({kind!r} in {unet_dir.name}/config.json); raywarp supports UNet2DModel, "
         "or UNet2DConditionModel with an AutoencoderKL in vae/"
     )
+
+
+def noise_spec(name_or_path: str | Path) -> dict:
+    """The noise a model folder was trained on: {"noise": "gp", "length_scale": ε (u-space
+    pixels), "num_features": J} or {"noise": "white"}, from its `raywarp_noise.json`. A
+    folder without one was trained on white noise, as every public checkpoint was."""
+    path = _resolve(name_or_path) / NOISE_SPEC_FILE
+    if not path.is_file():
+        return {"noise": "white"}
+    spec = json.loads(path.read_text())
+    kind = spec.get("noise", "gp" if "length_scale" in spec else "white")
+    if kind not in ("gp", "white"):
+        raise ValueError(f"{path}: noise must be 'gp' or 'white', got {kind!r}")
+    if kind == "white":
+        return {"noise": "white"}
+    return {"noise": "gp", "length_scale": float(spec["length_scale"]), "num_features": int(spec.get("num_features", 3000))}
 
 
 def geometry(name_or_path: str | Path) -> tuple[int, int]:

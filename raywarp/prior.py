@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from raywarp import inverse, noise, synthetic
+from raywarp.models import NOISE_SPEC_FILE
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "weights" / "prior"
-NOISE_FILE = "raywarp_noise.json"  # the GP the model was trained on, read by the sampler
+NOISE_KINDS = ("gp", "white")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class PriorTrainConfig:
     bank: int = 12  # GP fields of bank_size² drawn once
     bank_size: int = 128
     seed: int = 0
+    noise: str = "gp"  # "gp": GP noise (Warped Diffusion's fine-tune); "white": i.i.d. noise, as public models
+
+    def __post_init__(self):
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"noise: choose one of {NOISE_KINDS}, got {self.noise!r}")
 
 
 def default_unet():
@@ -123,8 +129,16 @@ def x0_from_output(out, u, abar, prediction_type: str):
     return out
 
 
+def training_noise(rng: np.random.Generator, bank: torch.Tensor | None, cfg: PriorTrainConfig) -> torch.Tensor:
+    """(batch, 3, size, size) noise of the kind the model learns: GP crops of `bank`, or white."""
+    if cfg.noise == "gp":
+        return gp_crops(rng, bank, cfg.batch, cfg.size)
+    return torch.from_numpy(rng.standard_normal((cfg.batch, 3, cfg.size, cfg.size), dtype=np.float32))
+
+
 def training_step(unet, scheduler, optimiser, rng, bank, cfg: PriorTrainConfig) -> float:
-    """One step of x̂0 regression under GP noise; returns the loss.
+    """One step of x̂0 regression under the config's noise (`bank`: `gp_bank`, or None
+    for white noise); returns the loss.
 
     Works for any `UNet2DModel` raywarp can sample with: conditional (7 input channels:
     u, baseline, mask) or unconditional (3), any prediction type. The x̂0 loss is weighted
@@ -135,7 +149,7 @@ def training_step(unet, scheduler, optimiser, rng, bank, cfg: PriorTrainConfig) 
     x0 = clean * 2 - 1
     t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, cfg.batch))
     abar = scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    u = abar.sqrt() * x0 + (1 - abar).sqrt() * gp_crops(rng, bank, cfg.batch, cfg.size)
+    u = abar.sqrt() * x0 + (1 - abar).sqrt() * training_noise(rng, bank, cfg)
     x = u
     if unet.config.in_channels == 7:
         baseline, mask = degrade(rng, clean)
@@ -152,12 +166,14 @@ def training_step(unet, scheduler, optimiser, rng, bank, cfg: PriorTrainConfig) 
 
 
 def save_prior(unet, scheduler, directory: Path, cfg: PriorTrainConfig, notes: str) -> None:
-    """A bare diffusers UNet folder (safetensors) + scheduler config + the GP noise parameters."""
+    """A bare diffusers UNet folder (safetensors) + scheduler config + the noise it learned
+    (`raywarp.models.noise_spec` reads it)."""
     directory.mkdir(parents=True, exist_ok=True)
     # float16 on disk halves the shipped size; loading casts back to the requested dtype.
     unet.to(torch.float16).save_pretrained(directory, safe_serialization=True)
     unet.to(torch.float32)
     scheduler.save_config(directory)
-    (directory / NOISE_FILE).write_text(json.dumps(
-        {"length_scale": cfg.length_scale, "num_features": cfg.num_features, "train_config": asdict(cfg)}, indent=1))
+    spec = {"noise": cfg.noise, "length_scale": cfg.length_scale, "num_features": cfg.num_features} if cfg.noise == "gp" \
+        else {"noise": "white"}
+    (directory / NOISE_SPEC_FILE).write_text(json.dumps({**spec, "train_config": asdict(cfg)}, indent=1))
     (directory / "README.md").write_text(notes)

@@ -7,6 +7,9 @@ The sampler owns the loop (deterministic DDIM, η = 0) and how frames are tied t
     mode="gp-warp"      Gaussian-process noise warped along the flow (exact: frame t's
                         noise is the same GP evaluated where its pixels came from)
     mode="warped"       gp-warp plus equivariance self-guidance (Warped Diffusion, Alg. 1)
+    mode="white-warp"   white noise warped along the flow, every pixel exactly N(0, 1)
+                        (`noise.white_noise_at`: for models trained on white noise)
+    mode="white-warped" white-warp plus self-guidance
 
 Self-guidance: after each step, frame j's state moves against ∇_{u_j} e_j with
     e_j = Σ M ⊙ (warp(x̂0_j, f_{j−1→j}) − x̂0_{j−1})² + Σ M' ⊙ (warp(x̂0_j, f_{j+1→j}) − x̂0_{j+1})²,
@@ -15,6 +18,11 @@ paper, both neighbours count (so a clip is pulled toward anchors at both ends),
 occluded pixels are masked out by the forward–backward check (M, M'), and the step is
 normalised (Gauss–Newton, see `gauss_newton_step`): λ is the fraction of the
 inconsistency removed per step, so one λ works for any model and noise level.
+`guidance_method="x0"` takes that step on x̂0_j itself (the denoiser's Jacobian taken
+as the identity) and continues DDIM from the moved x̂0: no backward pass through the
+network. Either way every frame goes through the network once per step: a batch's
+neighbours are its own predictions and the previous batch's, plus one lookahead frame
+per batch boundary.
 
 Anchors (cross-shard stitching): the caller may fix the first and/or last frame of the
 clip to a known image (a frame a neighbouring unit already restored). Its x̂0 is that
@@ -40,9 +48,12 @@ import torch
 
 from raywarp import flow as rflow
 from raywarp import noise as rnoise
-from raywarp.tensors import as_batch
+from raywarp.tensors import as_batch, unchecked
 
-MODES = ("independent", "fixed", "gp-warp", "warped")
+MODES = ("independent", "fixed", "gp-warp", "warped", "white-warp", "white-warped")
+GUIDED = ("warped", "white-warped")  # the modes with self-guidance
+NOISE_OF_MODE = {"gp-warp": "gp", "warped": "gp", "white-warp": "white", "white-warped": "white"}  # warped noise
+GUIDANCE_METHODS = ("gradient", "x0")
 SCHEDULES = ("constant", "linear", "cosine")
 CONSISTENCY = ("project", "dps", "none")
 
@@ -53,6 +64,8 @@ class SamplerConfig:
     steps: int = 25
     guidance: float = 0.1  # λ: fraction of the inconsistency removed per step (measured best of 0.1, 0.3, 1)
     guidance_schedule: str = "constant"  # λ_t over the steps: constant, linear or cosine decay to 0
+    # "gradient": through the denoiser (the paper's); "x0": on the prediction itself, no backward pass
+    guidance_method: str = "gradient"
     consistency: str = "project"
     dps_scale: float = 1.0
     # 1: from pure noise; s < 1: from the baseline noised to timestep s·T (SDEdit). 0.4: the
@@ -67,6 +80,8 @@ class SamplerConfig:
             raise ValueError(f"mode: unknown sampling mode {self.mode!r}; choose one of {MODES}")
         if self.guidance_schedule not in SCHEDULES:
             raise ValueError(f"guidance_schedule: choose one of {SCHEDULES}, got {self.guidance_schedule!r}")
+        if self.guidance_method not in GUIDANCE_METHODS:
+            raise ValueError(f"guidance_method: choose one of {GUIDANCE_METHODS}, got {self.guidance_method!r}")
         if self.consistency not in CONSISTENCY:
             raise ValueError(f"consistency: choose one of {CONSISTENCY}, got {self.consistency!r}")
         if self.steps < 1 or self.batch_size < 1:
@@ -103,14 +118,17 @@ def start_timesteps(denoiser, config: SamplerConfig) -> torch.Tensor:
 def initial_noise(config: SamplerConfig, shape, seed: int, frame_index: torch.Tensor, coords: torch.Tensor | None):
     """Initial noise (T, C, h, w) for the mode.
 
-    White noise is a function of (seed, global frame index), so clips sharing a frame draw
-    the same noise for it; GP noise is a function of (seed, the frame's GP coordinates).
+    Independent white noise is a function of (seed, global frame index), so clips sharing a
+    frame draw the same noise for it; warped noise (GP or white) is a function of (seed,
+    the frame's GP coordinates).
     """
     t, c, h, w = shape
     if config.mode == "independent":
         return torch.stack([rnoise.white_noise(int(seed) * 1_000_003 + int(i), (c, h, w)) for i in frame_index])
     if config.mode == "fixed":
         return rnoise.white_noise(int(seed), (c, h, w)).expand(t, c, h, w).clone()
+    if NOISE_OF_MODE[config.mode] == "white":
+        return rnoise.white_noise_at(int(seed), c, coords)
     features = rnoise.gp_features(int(seed), c, num_features=config.num_features, length_scale=config.length_scale)
     return torch.cat([rnoise.gp_noise(features, coords[i : i + 1]) for i in range(t)])
 
@@ -126,7 +144,7 @@ def chain_coords(backward_flows: torch.Tensor, height: int, width: int, start: t
     return torch.cat(coords)
 
 
-class _Clip:
+class ClipFlows:
     """Per-clip tensors the step loop needs, prepared once (u-space flows and masks)."""
 
     def __init__(self, flows_fwd, flows_bwd, device):
@@ -137,25 +155,36 @@ class _Clip:
         self.mask_next = rflow.consistency_mask(self.bwd, self.fwd)
 
 
-def _self_guidance_energy(x0, idx, x0_all, clip: _Clip) -> torch.Tensor:
-    """e_j for the frames idx, (len(idx),): masked warp differences to both neighbours (held fixed).
+def self_guidance_energy(x0, prev, nxt, first: int, clip: ClipFlows) -> torch.Tensor:
+    """e_j for a batch of consecutive frames j = first … first+B−1, (B,): masked warp
+    differences to both neighbours, whose predictions prev / nxt (B, C, h, w: frames j−1
+    and j+1, any value where there is none) are held fixed.
 
     Warps are bicubic: a bilinear warp low-passes sub-pixel shifts, so matching it to a
     sharp neighbour drives frame j's high frequencies up (measured: SR ×4 under zoom
     lost 5 dB with bilinear, none with bicubic; README).
     """
-    energies = []
-    t_total = x0_all.shape[0]
-    for k, j in enumerate(idx):
-        e = x0.new_zeros(())
-        if j > 0:  # predecessor: warp(x0_j, f_{j−1→j}) ≈ x0_{j−1} on frame j−1's reliable pixels
-            d = rflow.warp(x0[k : k + 1], clip.fwd[j - 1 : j], mode="bicubic") - x0_all[j - 1 : j]
-            e = e + (clip.mask_prev[j - 1 : j] * d.square()).sum()
-        if j < t_total - 1:  # successor: warp(x0_j, f_{j+1→j}) ≈ x0_{j+1}
-            d = rflow.warp(x0[k : k + 1], clip.bwd[j : j + 1], mode="bicubic") - x0_all[j + 1 : j + 2]
-            e = e + (clip.mask_next[j : j + 1] * d.square()).sum()
-        energies.append(e)
-    return torch.stack(energies)
+    b, t_total = x0.shape[0], clip.fwd.shape[0] + 1
+    j = torch.arange(first, first + b)
+    # Frame j's predecessor warp is fwd[j−1] (f_{j−1→j}), its successor warp bwd[j] (f_{j+1→j});
+    # the first and last frames of the clip have only one neighbour (weight 0 on the other).
+    has_prev = (j > 0).view(-1, 1, 1, 1).to(x0)
+    has_next = (j < t_total - 1).view(-1, 1, 1, 1).to(x0)
+    into_prev = (j - 1).clamp(0, t_total - 2)
+    into_next = j.clamp(0, t_total - 2)
+    d_prev = rflow.warp(x0, clip.fwd[into_prev], mode="bicubic") - prev
+    d_next = rflow.warp(x0, clip.bwd[into_next], mode="bicubic") - nxt
+    e = has_prev * clip.mask_prev[into_prev] * d_prev.square() + has_next * clip.mask_next[into_next] * d_next.square()
+    return e.flatten(1).sum(1)
+
+
+def x0_guidance_step(x0, prev, nxt, first: int, clip: ClipFlows) -> torch.Tensor:
+    """Backprop-free self-guidance: the Gauss–Newton step (B, C, h, w) on the predictions
+    x0 themselves, as if the denoiser's Jacobian were the identity; the gradient goes
+    through the warps only, so it costs no backward pass through the network."""
+    x = x0.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return gauss_newton_step(self_guidance_energy(x, prev, nxt, first, clip), x)
 
 
 def gauss_newton_step(energy: torch.Tensor, u: torch.Tensor, retain: bool = False, trust: float = 0.1) -> torch.Tensor:
@@ -235,73 +264,98 @@ def sample_clip(
         if tuple(a.shape) != (3, height, width):
             raise ValueError(f"anchor for frame {j}: expected an image of shape {(3, height, width)}, got {tuple(a.shape)}")
     anchors = {j: denoiser.encode(a[None].to(device)) for j, a in known.items()}  # their x̂0, fixed
-    if config.mode in ("gp-warp", "warped") and noise_coords is None:
+    if config.mode in NOISE_OF_MODE and noise_coords is None:
         noise_coords = chain_coords(bwd.double(), h, w)
 
     y = y.to(device)
     baseline = operator.baseline(y)
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,
             "mask": operator.known(y)}
-    clip = _Clip(fwd, bwd, device) if t > 1 else None
+    clip = ClipFlows(fwd, bwd, device) if t > 1 else None
     spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]
-    u = initial_noise(config, (t, c, h, w), seed, frame_index, noise_coords).to(device)
+    coords = noise_coords.to(device) if noise_coords is not None else None  # warped noise is evaluated on the device
+    u = initial_noise(config, (t, c, h, w), seed, frame_index, coords).to(device)
     abar = denoiser.alphas_cumprod
     if config.strength < 1:  # refine the classical restoration instead of starting from noise
         a0 = float(abar[timesteps[0]])
         start = torch.cat([denoiser.encode(baseline[a:b]) for a, b in spans])
         u = math.sqrt(a0) * start + math.sqrt(1 - a0) * u
-    lambdas = guidance_weights(config) if config.mode == "warped" and t > 1 else [0.0] * config.steps
+    lambdas = guidance_weights(config) if config.mode in GUIDED and t > 1 else [0.0] * config.steps
     lambdas = lambdas[: len(timesteps)]
     project_each_step = config.consistency == "project" and denoiser.space == "pixel"
     dps = config.consistency == "dps"
+    through_network = config.guidance_method == "gradient"
 
-    batches = [list(range(a, b)) for a, b in spans]
-    ops = [operator.select(a, b) for a, b in spans]  # per-frame masks follow their frames
-    conds = [denoiser.condition(y[a:b], {k: (v[a:b] if torch.is_tensor(v) else v) for k, v in info.items()})
-             for a, b in spans]
+    def frame_setup(a, b):
+        """The operator (per-frame masks follow their frames) and conditioning of frames [a, b)."""
+        sliced = {k: (v[a:b] if torch.is_tensor(v) else v) for k, v in info.items()}
+        return operator.select(a, b), denoiser.condition(y[a:b], sliced)
 
-    def predict(u_b, ti, idx, cond, op):
+    setups = [frame_setup(a, b) for a, b in spans]
+    # The frame after each batch but the last: its successor neighbour, predicted alone.
+    lookaheads = [frame_setup(b, b + 1) for _, b in spans[:-1]] if any(lambdas) else []
+
+    def known_frames(x0, a):
+        """x0 of frames [a, a + B) with each anchored frame's prediction replaced by its anchor."""
+        for j, image in anchors.items():
+            if a <= j < a + x0.shape[0]:
+                x0 = torch.cat([x0[: j - a], image.to(x0), x0[j - a + 1 :]])
+        return x0
+
+    def predict(u_b, ti, a, setup):
+        op, cond = setup
         x0 = denoiser.predict_x0(u_b, ti, cond)
         if denoiser.space == "pixel":  # DDIM's clip_sample: images live in [-1, 1]
             x0 = x0.clamp(-1, 1)
         if project_each_step:
-            x0 = denoiser.encode(op.project(denoiser.decode(x0), y[idx]))
-        for k, j in enumerate(idx):  # an anchored frame is known: its x̂0 is the anchor
-            if j in anchors:
-                x0 = torch.cat([x0[:k], anchors[j].to(x0), x0[k + 1 :]])
-        return x0
+            x0 = denoiser.encode(op.project(denoiser.decode(x0), y[a : a + u_b.shape[0]]))
+        return known_frames(x0, a)
 
-    for step, ti in enumerate(timesteps.tolist()):
-        a_t = float(abar[ti])
-        a_prev = float(abar[timesteps[step + 1]]) if step + 1 < len(timesteps) else 1.0
-        lam = lambdas[step]
-        need_grad = lam > 0 or dps
-        if lam > 0:  # neighbours' predictions at this step, held fixed in the energy
-            with torch.no_grad():
-                x0_all = torch.cat([predict(u[idx], ti, idx, cond, op) for idx, cond, op in zip(batches, conds, ops)])
-        new_u, x0_list = [], []
-        for idx, cond, op in zip(batches, conds, ops):
-            u_b = u[idx].detach().requires_grad_(need_grad)
-            with torch.set_grad_enabled(need_grad):
-                x0 = predict(u_b, ti, idx, cond, op)
-                step_u = torch.zeros_like(u_b)
-                if lam > 0:
-                    e = _self_guidance_energy(x0, idx, x0_all, clip)
-                    if e.requires_grad:
-                        step_u = step_u + lam * gauss_newton_step(e, u_b, retain=dps)
-                if dps:
-                    resid = op.forward(denoiser.decode(x0)) - y[idx]
-                    step_u = step_u + config.dps_scale * torch.autograd.grad(resid.square().sum().sqrt(), u_b)[0]
-            x0 = x0.detach()
-            eps = (u_b.detach() - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
-            u_next = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps - step_u
-            new_u.append(u_next)
-            x0_list.append(x0)
-        u = torch.cat(new_u)
-        x0_step = torch.cat(x0_list)
+    with unchecked():  # inputs were checked above; every value below is the loop's own
+        for step, ti in enumerate(timesteps.tolist()):
+            a_t = float(abar[ti])
+            a_prev = float(abar[timesteps[step + 1]]) if step + 1 < len(timesteps) else 1.0
+            lam = lambdas[step]
+            grad_u = (lam > 0 and through_network) or dps
+            new_u, x0_step = torch.empty_like(u), torch.empty_like(u)
+            predicted = None  # the previous batch's predictions at this step
+            for k, (a, b) in enumerate(spans):
+                u_b = u[a:b].detach().requires_grad_(grad_u)
+                with torch.set_grad_enabled(grad_u):
+                    x0 = predict(u_b, ti, a, setups[k])
+                    step_u = torch.zeros_like(u_b)
+                    if lam > 0:
+                        # Neighbours from this batch's own pass (held fixed), the previous
+                        # batch's, and one lookahead frame: every frame is predicted once.
+                        held = x0.detach()
+                        prev = torch.cat([predicted[-1:] if a > 0 else held[:1], held[:-1]])
+                        if b < t:
+                            with torch.no_grad():
+                                after = predict(u[b : b + 1], ti, b, lookaheads[k])
+                        else:
+                            after = held[-1:]  # the clip's last frame has no successor (weight 0)
+                        nxt = torch.cat([held[1:], after])
+                        if through_network:
+                            e = self_guidance_energy(x0, prev, nxt, a, clip)
+                            if e.requires_grad:  # not when every frame of the batch is anchored
+                                step_u = step_u + lam * gauss_newton_step(e, u_b, retain=dps)
+                        predicted = held
+                    if dps:
+                        resid = setups[k][0].forward(denoiser.decode(x0)) - y[a:b]
+                        step_u = step_u + config.dps_scale * torch.autograd.grad(resid.square().sum().sqrt(), u_b)[0]
+                x0 = x0.detach()
+                eps = (u_b.detach() - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+                if lam > 0 and not through_network:  # move the prediction itself, no backward pass
+                    x0 = x0 - lam * x0_guidance_step(x0, prev, nxt, a, clip)
+                    if project_each_step:
+                        x0 = denoiser.encode(setups[k][0].project(denoiser.decode(x0), y[a:b]))
+                    x0 = known_frames(x0, a)
+                new_u[a:b] = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps - step_u
+                x0_step[a:b] = x0
+            u = new_u
 
     with torch.no_grad():
-        images = torch.cat([denoiser.decode(x0_step[idx]) for idx in batches])
+        images = torch.cat([denoiser.decode(x0_step[a:b]) for a, b in spans])
         images = consistent_images(operator, images, y)
     for j, a in known.items():  # known frames are output as given
         images[j] = a.to(images)

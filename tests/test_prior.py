@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from raywarp import prior
-from raywarp.models import PixelDenoiser, load_denoiser
+from raywarp.models import NOISE_SPEC_FILE, PixelDenoiser, load_denoiser, noise_spec
 
 
 def test_training_step_learns_and_saves_a_loadable_model(tmp_path):
@@ -24,7 +24,23 @@ def test_training_step_learns_and_saves_a_loadable_model(tmp_path):
     prior.save_prior(unet, scheduler, tmp_path / "p", cfg, "test")
     den = load_denoiser(str(tmp_path / "p"))
     assert isinstance(den, PixelDenoiser) and den.conditional and den.prediction_type == "sample"
-    assert (tmp_path / "p" / prior.NOISE_FILE).exists()
+    assert noise_spec(tmp_path / "p") == {"noise": "gp", "length_scale": cfg.length_scale, "num_features": 256}
+
+
+def test_a_white_noise_prior_trains_on_white_noise_and_says_so(tmp_path):
+    cfg = dataclasses.replace(prior.PriorTrainConfig(), batch=4, size=32, noise="white")
+    noise = prior.training_noise(np.random.default_rng(0), None, cfg)
+    assert noise.shape == (4, 3, 32, 32) and abs(float(noise.std()) - 1) < 0.05
+    # White: neighbouring pixels uncorrelated (GP noise at ε = 0.64 px correlates them by ~0.3).
+    assert abs(float((noise[..., 1:] * noise[..., :-1]).mean())) < 0.05
+    unet, scheduler = prior.default_unet(), prior.default_scheduler()
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    assert np.isfinite(prior.training_step(unet, scheduler, optimiser, np.random.default_rng(0), None, cfg))
+    prior.save_prior(unet, scheduler, tmp_path / "w", cfg, "test")
+    assert noise_spec(tmp_path / "w") == {"noise": "white"}
+    (tmp_path / "w" / NOISE_SPEC_FILE).unlink()  # a folder without a spec is a white-noise model
+    assert noise_spec(tmp_path / "w") == {"noise": "white"}
+    assert noise_spec("default")["noise"] == "gp"
 
 
 def test_degradations_and_crops():

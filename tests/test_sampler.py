@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler
 from raywarp import inverse, metrics, noise, synthetic
 from raywarp.flow import resize_flow
 from raywarp.models import Denoiser, PixelDenoiser, load_denoiser, tiny_latent_pipeline, tiny_pixel_unet
-from raywarp.sampler import SamplerConfig, chain_coords, sample_clip
+from raywarp.sampler import SamplerConfig, ClipFlows, chain_coords, sample_clip, self_guidance_energy, start_timesteps
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -168,3 +168,72 @@ def test_bad_input_is_named(denoiser):
         SamplerConfig(mode="magic")
     with pytest.raises(ValueError, match="anchor"):
         sample_clip(denoiser, op, y, fwd, bwd, 0, SamplerConfig(steps=2), start_anchor=torch.zeros(3, 3, 32, 32))
+
+
+def count_network_frames(denoiser) -> list[int]:
+    """Wrap the denoiser's network call; the list collects the frames of every call."""
+    calls, network = [], denoiser.unet_call
+
+    def counted(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return network(x, *args, **kwargs)
+
+    denoiser.unet_call = counted
+    return calls
+
+
+@pytest.mark.parametrize("batch_size, extra", [(8, 0), (2, 2)])
+@pytest.mark.parametrize("mode, method", [("gp-warp", "gradient"), ("warped", "gradient"), ("warped", "x0")])
+def test_every_frame_goes_through_the_network_once_per_step(mode, method, batch_size, extra):
+    # Self-guidance reuses the batch's own predictions for its neighbours: per step, each
+    # frame once, plus one lookahead frame per batch boundary (5 frames in batches of 2: 2).
+    den = PixelDenoiser(tiny_pixel_unet(conditional=True), DDIMScheduler().alphas_cumprod, "epsilon")
+    calls = count_network_frames(den)
+    video, fwd, bwd = video_and_flows(frames=5)
+    op = inverse.SuperResolution(4, "bicubic")
+    cfg = SamplerConfig(mode=mode, guidance_method=method, steps=3, batch_size=batch_size)
+    sample_clip(den, op, op.forward(video), fwd, bwd, 0, cfg)
+    assert sum(calls) == len(start_timesteps(den, cfg)) * (5 + (extra if mode == "warped" else 0))
+
+
+def test_the_energy_of_a_batch_is_its_slice_of_the_clip_energy():
+    # Frames of an exact translation: zero inconsistency inside the frame; a batch's
+    # energies, given its neighbours, equal those frames' energies in the whole clip.
+    video, fwd, bwd = video_and_flows(frames=5, velocity=(2.0, 1.0))
+    clip = ClipFlows(fwd, bwd, "cpu")
+    x0 = video.clone()
+    x0[2] += 0.2 * torch.rand_like(x0[2])  # one inconsistent frame
+    prev, nxt = torch.cat([x0[:1], x0[:-1]]), torch.cat([x0[1:], x0[-1:]])
+    whole = self_guidance_energy(x0, prev, nxt, 0, clip)
+    part = self_guidance_energy(x0[1:4], x0[0:3], x0[2:5], 1, clip)
+    torch.testing.assert_close(part, whole[1:4])
+    assert whole[2] > 10 * whole[0] and whole[1] > 10 * whole[0] and whole[3] > 10 * whole[4]
+
+
+def test_x0_guidance_is_temporally_consistent_at_no_backward_pass(denoiser):
+    video, fwd, bwd = video_and_flows(frames=4)
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    errors = {}
+    for mode, method in (("gp-warp", "gradient"), ("warped", "x0"), ("white-warp", "x0"), ("white-warped", "x0")):
+        cfg = SamplerConfig(mode=mode, guidance_method=method, steps=4, guidance=1.0)
+        errors[mode] = float(metrics.warping_error(sample_clip(denoiser, op, y, fwd, bwd, 0, cfg).frames, fwd, bwd))
+    assert errors["warped"] < errors["gp-warp"]
+    assert errors["white-warped"] < errors["white-warp"]
+
+
+def test_white_warp_is_equivariant_under_integer_shifts():
+    # As gp-warp: the noise is a function of the coordinates, so a shifted scene with
+    # shifted coordinates restores to the shifted result, exactly.
+    den = ConvDenoiser()
+    shift = 8
+    video, fwd, bwd = video_and_flows(frames=3, size=(96, 96))
+    moved, _, _ = video_and_flows(frames=3, size=(96, 96), origin=(200.0 - shift, 150.0))
+    op = inverse.SuperResolution(4, "area")
+    cfg = SamplerConfig(mode="white-warp", steps=3)
+    grid = noise.pixel_grid(96, 96)
+    out = sample_clip(den, op, op.forward(video), fwd, bwd, 3, cfg, noise_coords=chain_coords(bwd.double(), 96, 96, grid))
+    start = grid - torch.tensor([shift, 0.0], dtype=grid.dtype).view(1, 2, 1, 1)
+    out_moved = sample_clip(den, op, op.forward(moved), fwd, bwd, 3, cfg, noise_coords=chain_coords(bwd.double(), 96, 96, start))
+    c = slice(40, 56)
+    assert (out_moved.frames[..., c, c] - out.frames[..., c, slice(40 - shift, 56 - shift)]).abs().max() < 1e-5

@@ -19,7 +19,6 @@ the seconds per frame it took (estimation and densification, both ways).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 
 from raywarp import flow as rflow
-from raywarp import inverse, metrics, prior, synthetic
-from raywarp.models import load_denoiser
-from raywarp.sampler import MODES, SamplerConfig, sample_clip
+from raywarp import inverse, metrics, synthetic
+from raywarp.models import load_denoiser, noise_spec
+from raywarp.sampler import GUIDANCE_METHODS, GUIDED, MODES, SCHEDULES, SamplerConfig, sample_clip
 
 
 def scenes(frames: int, size) -> dict[str, tuple]:
@@ -57,8 +56,7 @@ def evaluate(frames, video, fwd_true, bwd_true, op, y) -> dict:
 
 def benchmark(args) -> list[dict]:
     denoiser = load_denoiser(args.model)
-    noise_file = prior.DEFAULT_DIR / prior.NOISE_FILE
-    gp = json.loads(noise_file.read_text()) if args.model == "default" and noise_file.exists() else {}
+    spec = noise_spec(args.model)
     size = (args.size, args.size)
     rows = []
     tasks = {"sr": "SR ×4", "inpaint": "inpaint"}
@@ -80,15 +78,18 @@ def benchmark(args) -> list[dict]:
                 fwd, bwd = fwd_true, bwd_true
             rows.append({"scene": scene, "task": task, "mode": "baseline", "s/frame": 0.0, **flow_info,
                          **evaluate(baseline, video, fwd_true, bwd_true, op, y)})
-            for mode in args.modes:
+            variants = [(m, g) for m in args.modes for g in (args.guidance_methods if m in GUIDED else [None])]
+            for mode, method in variants:
                 cfg = SamplerConfig(mode=mode, steps=args.steps, guidance=args.guidance, strength=args.strength,
-                                    length_scale=gp.get("length_scale", 0.64), batch_size=args.frames)
+                                    guidance_method=method or "gradient", guidance_schedule=args.guidance_schedule,
+                                    length_scale=spec.get("length_scale", SamplerConfig.length_scale), batch_size=args.frames)
                 start = time.perf_counter()
                 out = sample_clip(denoiser, op, y, fwd, bwd, seed=args.seed, config=cfg).frames
                 seconds = (time.perf_counter() - start) / args.frames
-                rows.append({"scene": scene, "task": task, "mode": mode, "s/frame": seconds, **flow_info,
+                label = f"{mode} ({method})" if method and len(args.guidance_methods) > 1 else mode
+                rows.append({"scene": scene, "task": task, "mode": label, "s/frame": seconds, **flow_info,
                              **evaluate(out, video, fwd_true, bwd_true, op, y)})
-            n = len(args.modes) + 1
+            n = len(variants) + 1
             print(format_table(rows[-n:], header=not rows[:-n]), flush=True)
     return rows
 
@@ -103,13 +104,19 @@ def format_table(rows: list[dict], header: bool = True) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """Per task: mean warping error and PSNR per mode, and the independent/warped ratio."""
-    lines = ["| task | mode | mean warping error | mean PSNR dB | mean flow EPE | flow s/frame |", "|---|---|---|---|---|---|"]
+    """Per task and mode: means of warping error, PSNR, flow EPE and time; the cost per
+    frame relative to gp-warp's in the same run."""
+    lines = ["| task | mode | mean warping error | mean PSNR dB | mean flow EPE | flow s/frame | s/frame | cost × gp-warp |",
+             "|---|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in rows):
+        seconds = {}
         for mode in dict.fromkeys(r["mode"] for r in rows):
             sel = [r for r in rows if r["task"] == task and r["mode"] == mode]
+            seconds[mode] = np.mean([r["s/frame"] for r in sel])
+            ratio = f"{seconds[mode] / seconds['gp-warp']:.2f}" if seconds.get("gp-warp") and mode != "baseline" else ""
             lines.append(f"| {task} | {mode} | {np.mean([r['warp'] for r in sel]):.5f} | {np.mean([r['psnr'] for r in sel]):.2f} "
-                         f"| {np.mean([r['epe'] for r in sel]):.3f} | {np.mean([r['flow s/frame'] for r in sel]):.3f} |")
+                         f"| {np.mean([r['epe'] for r in sel]):.3f} | {np.mean([r['flow s/frame'] for r in sel]):.3f} "
+                         f"| {seconds[mode]:.3f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -119,6 +126,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=0.1)
+    p.add_argument("--guidance-methods", nargs="+", choices=GUIDANCE_METHODS, default=[SamplerConfig.guidance_method],
+                   help="self-guidance through the denoiser's gradient and/or on x̂0 (one row each)")
+    p.add_argument("--guidance-schedule", choices=SCHEDULES, default=SamplerConfig.guidance_schedule)
     p.add_argument("--strength", type=float, default=SamplerConfig.strength, help="1: from noise; < 1: refine the noised baseline")
     p.add_argument("--flow", choices=("estimated", "exact"), default="estimated", help="flow the sampler is given")
     p.add_argument("--flow-from", choices=("baseline", "input"), default="baseline", help="SR: estimate on the baseline or the LR input")

@@ -32,7 +32,7 @@ from raywarp import flow as rflow
 from raywarp import inverse
 from raywarp import noise as rnoise
 from raywarp.pipeline.config import RunConfig
-from raywarp.sampler import chain_coords, sample_clip
+from raywarp.sampler import NOISE_OF_MODE, chain_coords, sample_clip
 from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
 NOISE_SPACING = (0.8, 1.25)  # band of `rnoise.neighbour_spacing` a unit's chain may start in
@@ -137,7 +137,7 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     """
     s = denoiser.scale_factor
     coords = None
-    if config.sampler.mode in ("gp-warp", "warped"):
+    if config.sampler.mode in NOISE_OF_MODE:
         first = torch.tensor(first_coords)[None] if first_coords is not None else None
         coords = chain_coords(bwd.double(), *m.grid, start=first)
 

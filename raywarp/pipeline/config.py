@@ -17,6 +17,7 @@ from raywarp import flow as rflow
 from raywarp import inverse
 from raywarp.densify import METHODS as DENSIFY_METHODS
 from raywarp.sampler import SamplerConfig
+from raywarp.tensors import PRECISIONS
 
 RESOURCE = {"resource": True}  # field metadata: not hashed
 FLOW_FROM = ("baseline", "input")
@@ -37,6 +38,7 @@ class RunConfig:
     densify_method: str = "neuroexplicit"
     flow_from: str = "baseline"  # SR: estimate motion on the bicubic baseline, or on the low-res "input"
     shot_threshold: float = 27.0  # cut detection (raywarp.pipeline.shots); 0: every video is one shot
+    precision: str = "fp32"  # the denoiser's autocast on GPU actors (fp32, bf16, fp16); changes the numbers, so hashed
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
@@ -46,6 +48,7 @@ class RunConfig:
     # the codec, so a fraction lets them run beside the actors on a small machine).
     actor_cpus: float = field(default=1.0, metadata=RESOURCE)
     decode_cpus: float = field(default=0.25, metadata=RESOURCE)
+    compile: bool = field(default=False, metadata=RESOURCE)  # torch.compile the denoiser on GPU actors
 
     def __post_init__(self):
         if self.task not in inverse.TASKS:
@@ -69,6 +72,8 @@ class RunConfig:
             raise ValueError(f"densify_method: choose one of {DENSIFY_METHODS}, got {self.densify_method!r}")
         if not self.shot_threshold >= 0:
             raise ValueError(f"shot_threshold: must be >= 0 (0 turns cut detection off), got {self.shot_threshold}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: choose one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.flow_from not in FLOW_FROM:
             raise ValueError(f"flow_from: choose one of {FLOW_FROM}, got {self.flow_from!r}")
         if self.actor_cpus <= 0 or self.decode_cpus <= 0:

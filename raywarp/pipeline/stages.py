@@ -95,6 +95,8 @@ class UnitWorker:
         self.device = "cuda" if use_gpu else "cpu"
         self.geometry = geometry(self.config.model)
         self.denoiser = load_denoiser(self.config.model, device=self.device)
+        if use_gpu:  # CPUs keep fp32: their bf16 kernels are slower, and CPU results stay exact
+            self.denoiser.accelerate(self.config.precision, channels_last=True, compile=self.config.compile)
         if self.config.densify_method == "neuroexplicit":
             shipped_model(self.device)  # loaded once per actor, on its device
         self.manifest = Manifest(dst, storage_options)
