@@ -364,3 +364,19 @@ def test_text_encoder_without_transformers_warns_and_uses_zeros(tmp_path, monkey
     with pytest.warns(UserWarning, match="transformers is not installed"):
         den = load_denoiser(str(root))
     assert torch.equal(den.prompt_embeds, torch.zeros(1, 77, 32))
+
+
+def test_accelerate_runs_the_network_in_lower_precision_and_nhwc():
+    sched = DDIMScheduler(num_train_timesteps=1000)
+    exact = PixelDenoiser(tiny_pixel_unet(conditional=False), sched.alphas_cumprod)
+    fast = PixelDenoiser(tiny_pixel_unet(conditional=False), sched.alphas_cumprod).accelerate("bf16", channels_last=True)
+    conv = next(m for m in fast.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    u = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = exact.predict_x0(u, 500, None), fast.predict_x0(u, 500, None)
+    assert b.dtype == torch.float32  # the sampler's state stays float32
+    err = float((a - b).abs().max())
+    assert 0 < err < 0.05 * float(a.abs().max())  # bf16 arithmetic: close, not equal
+    with pytest.raises(ValueError, match="precision"):
+        exact.accelerate("fp8")
