@@ -54,3 +54,25 @@ def test_degradations_and_crops():
     crops = prior.gp_crops(rng, bank, 5, 4)
     assert crops.shape == (5, 3, 4, 4)
     assert all(any(set(c.flatten().tolist()) <= set(b.flatten().tolist()) for b in bank) for c in crops)
+
+
+def test_the_pipeline_takes_its_default_mode_and_length_scale_from_the_noise_spec(tmp_path):
+    import argparse
+
+    from raywarp.cli import add_run_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_args(parser)
+    cfg = dataclasses.replace(prior.PriorTrainConfig(), length_scale=1.5, num_features=500)
+    prior.save_prior(prior.default_unet(), prior.default_scheduler(), tmp_path / "gp", cfg, "test")
+    white = dataclasses.replace(prior.PriorTrainConfig(), noise="white")
+    prior.save_prior(prior.default_unet(), prior.default_scheduler(), tmp_path / "white", white, "test")
+
+    def sampler(*args):
+        return config_from_args(parser.parse_args(["src", "--out", "dst", *args])).sampler
+
+    assert (sampler("--model", str(tmp_path / "gp")).mode, sampler("--model", str(tmp_path / "gp")).length_scale) == ("warped", 1.5)
+    assert sampler("--model", str(tmp_path / "gp")).num_features == 500
+    assert sampler("--model", str(tmp_path / "white")).mode == "white-warped"
+    assert sampler("--model", str(tmp_path / "white"), "--mode", "gp-warp").mode == "gp-warp"  # an explicit mode wins
+    assert sampler().mode == "warped"  # the shipped prior is a GP-noise model
