@@ -65,7 +65,7 @@ class SamplerConfig:
     guidance: float = 0.1  # λ: fraction of the inconsistency removed per step (measured best of 0.1, 0.3, 1)
     guidance_schedule: str = "constant"  # λ_t over the steps: constant, linear or cosine decay to 0
     # "gradient": through the denoiser (the paper's); "x0": on the prediction itself, no backward pass
-    guidance_method: str = "gradient"
+    guidance_method: str = "x0"
     consistency: str = "project"
     dps_scale: float = 1.0
     # 1: from pure noise; s < 1: from the baseline noised to timestep s·T (SDEdit). 0.4: the
