@@ -154,7 +154,7 @@ def test_cli_status_and_exit_code(finished_run, archive, tiny_model, capsys):
     assert cli_main(["status", str(dst)]) == 0
     out = capsys.readouterr().out
     assert "videos: 3 done, 3 failed, 0 pending" in out and "cut.mp4" in out  # the latest errors
-    code = cli_main(["run", str(archive), "--out", str(dst), "--task", "sr", "--model", tiny_model,
+    code = cli_main(["run", str(archive), "--out", str(dst), "--task", "sr", "--model", tiny_model, "--mode", "warped",
                      "--clip-len", "7", "--overlap", "2", "--steps", "3", "--max-actors", "1"])
     assert code == 1  # three bad inputs
     assert cli_main(["run", str(archive), "--out", str(dst), "--model", "some-org/some-model"]) == 2
@@ -179,7 +179,9 @@ def test_interrupted_run_resumes_without_recomputing(archive, tiny_model, tmp_pa
     src = tmp_path / "src"
     src.mkdir()
     write_video(src / "film.mp4", "coffee", 13, (16, 16), shift=(1.0, 0.0))  # clip, seam, clip
-    args = ["--task", "sr", "--model", tiny_model, "--clip-len", "7", "--overlap", "2", "--steps", "6", "--max-actors", "1"]
+    # --mode: the tiny model has no noise spec (a white-noise model); small_config's mode is warped.
+    args = ["--task", "sr", "--model", tiny_model, "--mode", "warped", "--clip-len", "7", "--overlap", "2", "--steps", "6",
+            "--max-actors", "1"]
     dst = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "raywarp.cli", "run", str(src), "--out", str(dst), *args],
                             cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
