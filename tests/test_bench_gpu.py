@@ -8,13 +8,7 @@ from raywarp.bench import gpu
 from raywarp.sampler import MODES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a busy 2-core machine run far faster single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_upscaler_configs_are_the_x4_upscalers():

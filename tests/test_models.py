@@ -32,14 +32,7 @@ KINDS = ["pixel", "pixel_cond", "sd", "sdxl", "inpaint", "upscale"]
 IMAGE_SIZE = {"pixel": 16, "pixel_cond": 16, "sd": 16, "sdxl": 16, "inpaint": 16, "upscale": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny models are overhead-bound: extra intra-op threads only add synchronisation,
-    # which becomes seconds per forward pass on a shared, busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(kind: str, root):

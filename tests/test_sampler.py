@@ -10,13 +10,7 @@ from raywarp.models import Denoiser, PixelDenoiser, load_denoiser, tiny_latent_p
 from raywarp.sampler import SamplerConfig, ClipFlows, chain_coords, sample_clip, self_guidance_energy, start_timesteps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a busy 2-core machine run far faster single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
