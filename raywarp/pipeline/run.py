@@ -424,6 +424,7 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
         log=print) -> RunSummary:
     """Restore every video under `src` into `dst`; resumable. See the module docstring."""
     started = time.perf_counter()
+    uris = list_videos(src, storage_options)  # first: a missing source is refused before anything is written or started
     manifest = Manifest(dst, storage_options)
     attempt = manifest.start_run(config.to_dict(), config.hash())  # refuses a different config
     embedded = not ray.is_initialized()
@@ -436,7 +437,7 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
         ray.init(num_cpus=(os.cpu_count() or 1) + 1, log_to_driver=False, include_dashboard=False,
                  _system_config=local_system_config(config))
     try:
-        summary = _run(src, dst, config, storage_options, manifest, attempt, log)
+        summary = _run(uris, dst, config, storage_options, manifest, attempt, log)
     finally:
         if embedded:
             ray.shutdown()
@@ -480,10 +481,9 @@ def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, stora
     return found
 
 
-def _run(src, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
+def _run(uris, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
     summary = RunSummary(dst)
     pool = _Pool(config, manifest.dst, storage_options, attempt)
-    uris = list_videos(src, storage_options)
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
