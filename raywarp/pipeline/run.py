@@ -171,6 +171,14 @@ class _Pool:
         self.actors.append(actor)
         self.starting[actor.ready.remote()] = actor
 
+    def close(self) -> None:
+        """Free the actors' resources now. Dropping the handles is not enough: a run that
+        raised keeps them alive in its traceback, and on a shared cluster (or a caller's
+        own Ray) the next run would wait forever for the CPUs or GPUs they hold."""
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.idle, self.starting = [], [], {}
+
 
 class _Stream:
     """The dependency loop of one run (see the module docstring).
@@ -437,7 +445,11 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
         ray.init(num_cpus=(os.cpu_count() or 1) + 1, log_to_driver=False, include_dashboard=False,
                  _system_config=local_system_config(config))
     try:
-        summary = _run(uris, dst, config, storage_options, manifest, attempt, log)
+        pool = _Pool(config, manifest.dst, storage_options, attempt)  # first: models load while probing
+        try:
+            summary = _run(pool, uris, dst, config, storage_options, manifest, attempt, log)
+        finally:
+            pool.close()
     finally:
         if embedded:
             ray.shutdown()
@@ -481,9 +493,8 @@ def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, stora
     return found
 
 
-def _run(uris, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
+def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
     summary = RunSummary(dst)
-    pool = _Pool(config, manifest.dst, storage_options, attempt)
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
