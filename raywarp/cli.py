@@ -1,4 +1,4 @@
-"""`raywarp run | status | demo`: the command line, and the one place flags become a RunConfig.
+"""`raywarp run | status | report | demo`: the command line, and the one place flags become a RunConfig.
 
     raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
                 [--mode MODE] [--guidance-method x0|gradient] [--clip-len 16] [--overlap 4]
@@ -6,7 +6,8 @@
                 [--shot-threshold 27] [--precision fp32|bf16|fp16] [--compile]
                 [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--min-actors N]
                 [--max-actors N]
-    raywarp status DST
+    raywarp status DST [--json] [--watch [SECONDS]]
+    raywarp report DST [--out FILE.html]
     raywarp demo [--out DIR]
 
 S3 (and S3-compatible stores): credentials and endpoint come from the usual AWS
@@ -18,8 +19,10 @@ never written to the manifest. Exit status: 0 when every video is done, 1 otherw
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 
 from raywarp import flow as rflow
 from raywarp.pipeline.config import RunConfig
@@ -66,6 +69,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor-cpus", type=float, default=defaults.actor_cpus, help="logical CPUs (and threads) per worker actor")
     p.add_argument("--min-actors", type=int, default=defaults.min_actors)
     p.add_argument("--max-actors", type=int, default=defaults.max_actors)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own log output and progress (by default they stay in Ray's session log folder, "
+                        "/tmp/ray/session_latest/logs for an embedded Ray)")
     add_s3_args(p)
 
 
@@ -104,17 +110,59 @@ def storage_options_from_args(args: argparse.Namespace) -> dict | None:
 def run_command(args: argparse.Namespace) -> int:
     from raywarp.models import ModelNotFoundError, load_denoiser
     from raywarp.pipeline.manifest import ConfigMismatchError
-    from raywarp.pipeline.run import run
+    from raywarp.pipeline.run import WorkerStartError, run
 
     try:
         config = config_from_args(args)
         load_denoiser(config.model)  # fail fast on a bad model, before any cluster work
-        summary = run(args.src, args.out, config, storage_options_from_args(args), address=args.address)
-    except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError) as exc:
+        summary = run(args.src, args.out, config, storage_options_from_args(args), address=args.address,
+                      verbose=args.verbose)
+    except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError, WorkerStartError) as exc:
         print(f"raywarp run: error: {exc}", file=sys.stderr)
         return 2
     print(summary.format())
     return 0 if summary.ok else 1
+
+
+STATUS_DESCRIPTION = """\
+The progress of a run, from its manifest alone (safe while the run is in flight).
+
+--json prints one JSON object (with --watch, one per line), with these keys:
+  root                 the manifest folder, DST/_raywarp
+  attempt              how many times the run was started
+  clips_done, clips_failed, clips_pending
+                       units (seams and clips) by their latest row; pending: no row yet
+  videos_done, videos_failed, videos_pending
+                       videos likewise
+  frames_done          frames of the done units
+  frames_pending       frames of the pending units
+  fps                  frames per second of this attempt's done units (null: unknown)
+  eta_seconds          frames_pending / fps (null: unknown; 0: nothing pending)
+  last_errors          up to 5 current failures, newest first: [{"id", "uri", "error"}]
+
+--watch reprints the status every SECONDS until no unit or video is pending, then
+exits 0 if nothing failed and 1 otherwise; Ctrl-C exits 130. Without --watch: 0.
+"""
+
+
+def add_status_args(p: argparse.ArgumentParser) -> None:
+    # DST first in the usage: `--watch DST` would read DST as the seconds.
+    p.usage = "%(prog)s DST [--json] [--watch [SECONDS]] [--s3-endpoint URL] [--s3-key KEY] [--s3-secret SECRET]"
+    p.add_argument("dst", metavar="DST", help="the run's --out: a directory or s3:// prefix")
+    p.add_argument("--json", action="store_true", help="the status as JSON (keys above)")
+    p.add_argument("--watch", nargs="?", const=5.0, type=_seconds, metavar="SECONDS",
+                   help="reprint every SECONDS (default 5) until the run is finished")
+    add_s3_args(p)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (DST goes before --watch)") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"needs a positive number of seconds, got {text}")
+    return seconds
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -124,7 +172,36 @@ def status_command(args: argparse.Namespace) -> int:
     if manifest.run_info() is None:
         print(f"raywarp status: no raywarp run under {args.dst}", file=sys.stderr)
         return 2
-    print(format_status(manifest.status()))
+    show = (lambda status: json.dumps(status, sort_keys=True)) if args.json else format_status
+    if args.watch is None:
+        print(show(manifest.status()))
+        return 0
+    try:
+        while True:
+            status = manifest.status()
+            print(show(status), end="\n" if args.json else "\n\n", flush=True)
+            if _finished(status):
+                return 1 if status["clips_failed"] or status["videos_failed"] else 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print("raywarp status: interrupted", file=sys.stderr)
+        return 130
+
+
+def _finished(status: dict) -> bool:
+    """Nothing pending, once the run has planned its videos (before, nothing is pending yet either)."""
+    planned = status["videos_done"] + status["videos_failed"] + status["videos_pending"]
+    return planned > 0 and not status["clips_pending"] and not status["videos_pending"]
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from raywarp.report import NoRunError, write_report
+
+    try:
+        print(write_report(args.dst, args.out, storage_options_from_args(args)))
+    except NoRunError as exc:
+        print(f"raywarp report: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -137,12 +214,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="raywarp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_args(sub.add_parser("run", help="restore videos (resumable)"))
-    status = sub.add_parser("status", help="progress of a run, from its manifest alone")
-    status.add_argument("dst")
-    add_s3_args(status)
+    add_status_args(sub.add_parser("status", help="progress of a run, from its manifest alone",
+                                   description=STATUS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
+    report = sub.add_parser("report", help="an HTML page of a run: frames, x-t slices, temporal consistency, times, failures")
+    report.add_argument("dst")
+    report.add_argument("--out", help="where to write it (a local path or URI); default DST/_raywarp/report.html")
+    add_s3_args(report)
     sub.add_parser("demo", help="sample videos with known motion through the whole pipeline (raywarp demo --help)")
     args = parser.parse_args(argv)
-    return run_command(args) if args.command == "run" else status_command(args)
+    return {"run": run_command, "status": status_command, "report": report_command}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -574,6 +574,24 @@ def parse_mask(spec: str, size, frames: int) -> torch.Tensor:
     return torch.from_numpy(~holes).float()[:, None]
 
 
+def check_mask_spec(spec: str) -> None:
+    """Raise ValueError naming what is wrong with a mask spec, before any video is read:
+    shapes must parse, mask files and folders must exist and hold images (their sizes
+    are checked against each video when it is restored)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec: expected a mask spec string, got {spec!r}")
+    kind, _, rest = spec.strip().partition(":")
+    path = rest.strip()
+    if kind.strip().lower() == "file":
+        if not os.path.isfile(path) or cv2.imread(path, cv2.IMREAD_UNCHANGED) is None:
+            raise ValueError(f"spec {spec!r}: {path!r} is not a readable image file")
+    elif kind.strip().lower() == "dir":
+        if not os.path.isdir(path) or not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path)):
+            raise ValueError(f"spec {spec!r}: {path!r} is not a directory of mask images")
+    else:
+        parse_mask(spec, (8, 8), 1)
+
+
 def _read_hole(path: str, size: tuple[int, int], spec: str) -> np.ndarray:
     """Bool (H, W) hole map from a mask image: white (> 127) = hole. Must be exactly `size`."""
     if not os.path.isfile(path):

@@ -190,6 +190,37 @@ def test_s3_in_and_out(s3_bucket, tmp_path, tiny_model):
     assert Manifest(f"s3://{bucket}/out", options).status()["videos_done"] == 1
 
 
+def test_the_command_line_shows_progress_and_nothing_of_rays_own_output(tiny_model, tmp_path):
+    """A user's terminal gets the plan, one progress display and the outcome; Ray's logs
+    (and its auth-token notice) stay in the session folder the summary names."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_video(src / "a.mp4", "coffee", 9, (16, 16), shift=(1.0, 0.0))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token auth, announced
+    done = subprocess.run([sys.executable, "-m", "raywarp.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                           "--task", "sr", "--model", tiny_model, "--mode", "warped", "--clip-len", "7", "--overlap", "2",
+                           "--steps", "2", "--max-actors", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr.splitlines()
+    assert err[0] == f"1 videos, 1 shots, 3 units planned (0 unusable); manifest in {tmp_path / 'out'}/_raywarp"
+    assert err[1].startswith("progress: videos 0/1, units 0/3, frames 0/9;")
+    assert err[-1].startswith("progress: videos 1/1, units 3/3, frames 9/9;")
+    assert len(err) == 4, done.stderr  # the video's line between: nothing else
+    logs = done.stdout.splitlines()[-1].removeprefix("Ray's logs: ")
+    assert Path(logs).is_dir() and any(Path(logs).glob("raylet*")), done.stdout
+
+
+def test_verbose_lets_rays_output_through(monkeypatch):
+    from raywarp.pipeline import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module.ray, "init", lambda **kwargs: seen.append(kwargs))
+    run_module._init_ray(small_config("default"), None, verbose=True)
+    run_module._init_ray(small_config("default"), None, verbose=False)
+    assert [(k["log_to_driver"], k["logging_level"]) for k in seen] == [(True, 20), (False, 30)]
+
+
 def test_interrupted_run_resumes_without_recomputing(archive, tiny_model, tmp_path):
     """Kill the driver (and its embedded Ray) partway; the rerun finishes the job and the
     output is byte-identical to an uninterrupted run's."""

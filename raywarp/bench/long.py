@@ -110,7 +110,7 @@ def _run_child(src: str, dst: str, model: str, steps: int, out) -> None:
     config = RunConfig(task="sr", scale=4, model=model, sampler=SamplerConfig(steps=steps), max_actors=1)
     start = time.perf_counter()
     with _PeakRss() as rss:
-        summary = run(src, dst, config, log=lambda *_: None)
+        summary = run(src, dst, config, quiet=True)
     out.put({"ok": summary.ok, "error": summary.format(), "seconds": time.perf_counter() - start,
              "units": summary.units_computed, "rss_before": rss.before, "rss_peak": rss.peak})
 

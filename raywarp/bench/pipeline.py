@@ -129,7 +129,7 @@ def main(argv=None) -> list[dict]:
         config = dataclasses.replace(base, min_actors=actors, max_actors=actors, actor_cpus=(cores - 0.25) / actors)
         dst = work / f"ray{actors}"
         start = time.perf_counter()
-        summary = run(str(work / "src"), str(dst), config, log=lambda *_: None)
+        summary = run(str(work / "src"), str(dst), config, quiet=True)
         assert summary.ok, summary.format()
         rows.append({"runner": f"raywarp run, {actors} actor{'s' * (actors > 1)}",
                      **measure(str(dst), time.perf_counter() - start, actors, pixels)})

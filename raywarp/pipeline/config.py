@@ -55,6 +55,8 @@ class RunConfig:
             raise ValueError(f"task: unknown task {self.task!r}; choose one of {inverse.TASKS}")
         if self.task == "inpaint" and not self.mask:
             raise ValueError("mask: --task inpaint needs --mask (e.g. 'rect:0.3,0.3,0.6,0.6' or a mask file)")
+        if self.task == "inpaint":
+            inverse.check_mask_spec(self.mask)
         if self.task == "sr" and (not isinstance(self.scale, int) or self.scale < 2):
             raise ValueError(f"scale: super-resolution needs an integer scale >= 2, got {self.scale!r}")
         if self.kernel not in inverse.KERNELS:

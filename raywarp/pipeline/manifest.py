@@ -57,6 +57,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from raywarp.pipeline.progress import format_seconds
+
 PROGRESS_SCHEMA = pa.schema([
     ("id", pa.string()),           # clip id, or video id for kind == 'video'
     ("video_id", pa.string()),
@@ -393,7 +395,7 @@ def format_status(status: dict) -> str:
     if status["attempt"] is None:
         return f"{status['root']}: no run recorded"
     rate = f"{status['fps']:.1f} frames/s" if status["fps"] else "rate unknown"
-    eta = _fmt_seconds(status["eta_seconds"]) if status["eta_seconds"] is not None else "unknown"
+    eta = format_seconds(status["eta_seconds"]) if status["eta_seconds"] is not None else "unknown"
     lines = [
         f"{status['root']} (attempt {status['attempt']})",
         f"clips:  {status['clips_done']} done, {status['clips_failed']} failed, {status['clips_pending']} pending",
@@ -518,9 +520,3 @@ def _fps(rows: list[dict], plan_frames: dict) -> float | None:
     span = max(r["finished_at"] for r in rows) - min(starts)
     return frames / span if span > 0 else None
 
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -35,6 +35,7 @@ manifest, and a resumed run reads them back instead of scanning again.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
 import time
@@ -46,9 +47,10 @@ import ray
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import plan as rplan
 from raywarp.pipeline import shots as rshots
-from raywarp.pipeline import stages
+from raywarp.pipeline import stages, telemetry
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest
+from raywarp.pipeline.progress import Progress
 from raywarp.pipeline.source import VideoError, list_videos, probe
 from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row
 
@@ -56,6 +58,14 @@ decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
 advance_coords = ray.remote(rclip.advance)
 load_array = ray.remote(stages.load_array)
 encode_units = ray.remote(stages.encode_units)
+TICK_SECONDS = 5.0  # the driver's wait between progress updates when nothing finishes
+ACTOR_WAIT_SECONDS = 60.0  # no worker actor started by then: say what the run is waiting for
+MAX_FAILED_STARTS = 3  # worker actors that died starting, none having started: the run stops
+
+
+class WorkerStartError(RuntimeError):
+    """The worker actors cannot start (a model that loads on the driver but not on the
+    workers, a GPU that fails): no unit can run, so the run stops; nothing committed is lost."""
 
 
 @dataclass
@@ -66,6 +76,7 @@ class RunSummary:
     units_computed: int = 0
     units_skipped: int = 0
     seconds: float = 0.0
+    ray_logs: str = ""  # where Ray's own output went (the embedded cluster's session logs)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +87,8 @@ class RunSummary:
                  f"{self.units_computed} units computed, {self.units_skipped} already committed; "
                  f"{self.seconds:.1f} s; outputs in {self.dst}"]
         lines += [f"  FAILED {uri}: {reason}" for uri, reason in self.videos_failed.items()]
+        if self.ray_logs:
+            lines.append(f"Ray's logs: {self.ray_logs}")
         return "\n".join(lines)
 
 
@@ -130,6 +143,10 @@ def _scan(uri: str, start: int, stop: int, threshold: float, storage_options: di
     return _as_error(uri, rshots.scan_span, uri, start, stop, threshold, storage_options)
 
 
+def _resources(resources: dict) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
 def _chain_key(unit: dict) -> tuple:
     """Units with one noise-coordinate chain: those of a shot."""
     return unit["video_id"], unit["shot"]
@@ -163,6 +180,7 @@ class _Pool:
         self.args = (config.to_dict(), dst, storage_options, attempt)
         self.actors, self.idle = [], []
         self.starting: dict[ray.ObjectRef, object] = {}  # ready() ref → actor
+        self.started_any, self.failed_starts = False, 0
         for _ in range(config.min_actors):
             self.grow()
 
@@ -187,9 +205,9 @@ class _Stream:
     `pending` (run order) until opened, and only the `open` ones are looked at."""
 
     def __init__(self, videos: list[dict], units: list[dict], done: set[str], pool: _Pool, manifest: Manifest,
-                 config: RunConfig, storage_options, attempt: int, summary: RunSummary, log):
+                 config: RunConfig, storage_options, attempt: int, summary: RunSummary, progress: Progress):
         self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
-        self.summary, self.log = summary, log
+        self.summary, self.progress = summary, progress
         self.videos = {v["video_id"]: v for v in videos if v["video_id"] not in done}
         self.of_video: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
         self.chains: dict[tuple, list[_Unit]] = {}  # per shot, time order: one noise chain
@@ -211,6 +229,7 @@ class _Stream:
         self.pool = pool
         self.waiting: dict[ray.ObjectRef, tuple] = {ref: ("actor", a) for ref, a in pool.starting.items()}
         self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
+        self.started, self.said_no_actor = time.monotonic(), False
         self.commits = 0
         for key, chain in self.chains.items():
             self._load_committed(chain)
@@ -282,9 +301,12 @@ class _Stream:
             return
         if not committed:
             now = time.time()
-            self.manifest.append_progress([progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
-                                                        started_at=u.timing.get("started_at", now), finished_at=now)])
+            row = progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
+                               started_at=u.timing.get("started_at", now), finished_at=now)
+            self.manifest.append_progress([row])
+            telemetry.record(row)
         self._settle(u, "failed")
+        self.progress.unit_failed()
         reason = f"needs unit {u.row['id']} ({u.row['kind']} {u.row['start']}-{u.row['stop']}), which failed: {error}"
         for clip in self.anchored.get(u.row["id"], []):
             self._fail(clip, "sample: " + reason, coords_broken=False)
@@ -345,9 +367,12 @@ class _Stream:
             return
         first = self.manifest.latest().get(failed[0].row["id"], {}).get("error") or "no result"
         reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
-        self.manifest.append_progress([_failed_video_row(vid, video["uri"], reason, self.attempt)])
+        row = _failed_video_row(vid, video["uri"], reason, self.attempt)
+        self.manifest.append_progress([row])
+        telemetry.record(row)
         self.summary.videos_failed[video["uri"]] = reason
-        self.log(f"FAILED {video['uri']}: {reason}")
+        self.progress.video_failed()
+        self.progress.message(f"failed {video['uri']}: {reason}")
 
     def _complete(self, ref, what: str, subject, actor=None) -> None:
         pool = self.pool
@@ -361,6 +386,10 @@ class _Stream:
                 pool.actors.remove(subject if what == "actor" else actor)
                 actor = None
                 if what == "actor":
+                    pool.failed_starts += 1
+                    if not pool.started_any and pool.failed_starts >= MAX_FAILED_STARTS:
+                        raise WorkerStartError(f"no worker actor could start ({pool.failed_starts} tries); the last "
+                                               f"said: {result['error']}")
                     return
         if actor is not None:
             pool.idle.append(actor)
@@ -368,6 +397,7 @@ class _Stream:
             return
         if what == "actor":
             pool.idle.append(subject)
+            pool.started_any = True
         elif what == "decoded":
             subject.timing.update(result)
             if result["error"]:
@@ -391,6 +421,7 @@ class _Stream:
             if result.get("status") == "done":
                 self.summary.units_computed += 1
                 self._settle(subject, "done")
+                self.progress.unit_done(int(subject.row["frames"]))
             else:
                 self._fail(subject, result["error"], coords_broken=False, committed=not result.get("crashed"))
             if self.commits % COMPACT_EVERY == 0:
@@ -398,10 +429,12 @@ class _Stream:
         elif what == "encoded":
             if result["status"] == "done":
                 self.summary.videos_done.append(result["uri"])
-                self.log(f"done {result['uri']} -> {subject['output']}")
+                self.progress.video_done()
+                self.progress.message(f"done {result['uri']} -> {subject['output']}")
             else:
                 self.summary.videos_failed[result["uri"]] = result["error"]
-                self.log(f"FAILED {result['uri']}: {result['error']}")
+                self.progress.video_failed()
+                self.progress.message(f"failed {result['uri']}: {result['error']}")
 
     def run(self) -> None:
         while True:
@@ -412,8 +445,25 @@ class _Stream:
             self._dispatch()
             if not self.waiting:
                 raise RuntimeError("the stream is stuck: no task in flight and units left")  # a bug, loudly
-            ready, _ = ray.wait(list(self.waiting), num_returns=1)
-            self._complete(ready[0], *self.waiting.pop(ready[0]))
+            ready, _ = ray.wait(list(self.waiting), num_returns=1, timeout=TICK_SECONDS)
+            if ready:
+                self._complete(ready[0], *self.waiting.pop(ready[0]))
+            else:
+                self.progress.show()
+                self._say_if_no_actor_starts()
+
+    def _say_if_no_actor_starts(self) -> None:
+        """Say once why nothing happens when no worker actor could start (a GPU asked of a
+        cluster without one, every CPU taken): the run waits for resources, as an
+        autoscaling cluster must, but the user should know what it waits for."""
+        pool = self.pool
+        if self.said_no_actor or len(pool.starting) < len(pool.actors) or time.monotonic() - self.started < ACTOR_WAIT_SECONDS:
+            return
+        self.said_no_actor = True
+        self.progress.message(
+            f"no worker actor has started after {ACTOR_WAIT_SECONDS:.0f} s: each needs {self.config.actor_cpus:g} CPU "
+            f"and {self.config.gpus_per_actor:g} GPU; the cluster has {_resources(ray.cluster_resources())} "
+            f"({_resources(ray.available_resources())} free). Waiting for resources (Ctrl-C stops; the run resumes).")
 
 
 def local_system_config(config: RunConfig) -> dict:
@@ -429,32 +479,52 @@ def local_system_config(config: RunConfig) -> dict:
 
 
 def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = None, address: str | None = None,
-        log=print) -> RunSummary:
-    """Restore every video under `src` into `dst`; resumable. See the module docstring."""
+        quiet: bool = False, verbose: bool = False) -> RunSummary:
+    """Restore every video under `src` into `dst`; resumable. See the module docstring.
+
+    Shows a progress display on stderr (`quiet`: nothing). Ray's own logs stay in its
+    session's log folder unless `verbose`. Uses the caller's Ray if it started one,
+    else connects to `address` or starts an embedded local Ray for the run."""
     started = time.perf_counter()
     uris = list_videos(src, storage_options)  # first: a missing source is refused before anything is written or started
     manifest = Manifest(dst, storage_options)
     attempt = manifest.start_run(config.to_dict(), config.hash())  # refuses a different config
     embedded = not ray.is_initialized()
-    if embedded and address:
-        ray.init(address=address, log_to_driver=False)
-    elif embedded:
-        # One logical CPU more than the machine has, for the light decode/encode/coordinate
-        # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
-        # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, log_to_driver=False, include_dashboard=False,
-                 _system_config=local_system_config(config))
+    if embedded:
+        _init_ray(config, address, verbose)
     try:
         pool = _Pool(config, manifest.dst, storage_options, attempt)  # first: models load while probing
         try:
-            summary = _run(pool, uris, dst, config, storage_options, manifest, attempt, log)
+            summary = _run(pool, uris, dst, config, storage_options, manifest, attempt, quiet)
         finally:
             pool.close()
+        if embedded and not address:
+            summary.ray_logs = os.path.join(_session_dir(), "logs")
     finally:
         if embedded:
             ray.shutdown()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _session_dir() -> str:
+    return ray._private.worker.global_worker.node.get_session_dir_path()  # no public API names it
+
+
+def _init_ray(config: RunConfig, address: str | None, verbose: bool) -> None:
+    """Connect to `address`, or start an embedded local Ray. Ray's progress and logs go
+    to its session's log files unless `verbose`."""
+    if not verbose:  # token auth stays on, Ray's default for a local cluster; only its notice goes
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    # One logical CPU more than the machine has, for the light decode/encode/coordinate
+    # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
+    # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
+    ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, _system_config=local_system_config(config),
+             **quiet)
 
 
 def _failed_video_row(vid: str, uri: str, error: str, attempt: int) -> dict:
@@ -493,7 +563,7 @@ def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, stora
     return found
 
 
-def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, attempt: int, log) -> RunSummary:
+def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, attempt: int, quiet: bool) -> RunSummary:
     summary = RunSummary(dst)
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
@@ -513,23 +583,36 @@ def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, at
     units = rplan.plan([{**v, "shots": shots[v["video_id"]]} for v in videos], config)
     for v in videos:
         v["shots"] = len(shots[v["video_id"]])
-        if v["not_copied"]:
-            log(f"{v['uri']}: not copied to the output: {v['not_copied']}")
     manifest.write_table("videos", videos)
     manifest.write_table("shots", [{"video_id": v["video_id"], "uri": v["uri"], "shot": k, "start": a, "stop": b,
                                     "frames": b - a, "content": content}
                                    for v in videos for k, (a, b, content) in enumerate(shots[v["video_id"]])])
     manifest.write_table("clips", units)
     for vid, uri, error in bad:  # a video that cannot be used gets its row now; the others go on
-        manifest.append_progress([_failed_video_row(vid, uri, error, attempt)])
+        row = _failed_video_row(vid, uri, error, attempt)
+        manifest.append_progress([row])
+        telemetry.record(row)
         summary.videos_failed[uri] = error
-    log(f"{len(videos)} videos, {sum(v['shots'] for v in videos)} shots, {len(units)} units planned "
-        f"({len(bad)} unusable); manifest in {manifest.root}")
 
     manifest.compact()  # a bounded log for this run's reads
     done = manifest.committed()
     summary.videos_done += [v["uri"] for v in videos if v["video_id"] in done]
     summary.units_skipped = sum(u["id"] in done for u in units)
-    _Stream(videos, units, done, pool, manifest, config, storage_options, attempt, summary, log).run()
+    progress = Progress(len(videos) + len(bad), len(units), sum(int(u["frames"]) for u in units),
+                        done_videos=len(summary.videos_done), done_units=summary.units_skipped,
+                        done_frames=sum(int(u["frames"]) for u in units if u["id"] in done), failed_videos=len(bad),
+                        quiet=quiet)
+    progress.message(f"{len(videos)} videos, {sum(v['shots'] for v in videos)} shots, {len(units)} units planned "
+                     f"({len(bad)} unusable); manifest in {manifest.root}")
+    for uri, error in summary.videos_failed.items():
+        progress.message(f"failed {uri}: {error}")
+    for v in videos:
+        if v["not_copied"]:
+            progress.message(f"{v['uri']}: not copied to the output: {v['not_copied']}")
+    progress.show(force=True)
+    try:
+        _Stream(videos, units, done, pool, manifest, config, storage_options, attempt, summary, progress).run()
+    finally:
+        progress.close()
     manifest.compact()
     return summary

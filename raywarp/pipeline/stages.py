@@ -13,7 +13,8 @@ Ray tasks and actors wired by ObjectRefs, the benchmark's plain loop calls them 
 object store between stages; what is written to the manifest is what resume needs:
 each unit's end map (`endmap/<id>`), its restored frames (`<id>`), and the commit row,
 last. A stage never raises for a bad unit: it returns (and for sampling commits) the
-error, so every unit keeps a manifest row.
+error, so every unit keeps a manifest row. Each committed row is also counted in the
+run's Ray metrics (`raywarp.pipeline.telemetry`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from raywarp.densify import shipped_model
 from raywarp.pipeline import clip as rclip
+from raywarp.pipeline import telemetry
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video as encode_frames
@@ -155,6 +157,7 @@ class UnitWorker:
             seconds_write=time.perf_counter() - t_sampled if output else 0.0, metrics=metrics, error=error, output=output,
         )
         self.manifest.append_progress([row])  # the commit record, after the payload
+        telemetry.record(row)
         return row, frames if unit["kind"] == "seam" else EMPTY  # a seam's frames anchor its clips
 
 
@@ -178,4 +181,5 @@ def encode_units(video: dict, unit_ids: list[str], dst: str, storage_options: di
     row["finished_at"] = time.time()
     row["seconds_write"] = row["finished_at"] - started
     manifest.append_progress([row])
+    telemetry.record(row)
     return row
