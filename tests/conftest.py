@@ -50,6 +50,20 @@ def s3_bucket(s3_server):
     return name, s3_server
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for a module's pipeline runs, set up as an embedded run sets up its own."""
+    import ray
+
+    from raywarp.pipeline.config import RunConfig
+    from raywarp.pipeline.run import local_system_config
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _system_config=local_system_config(RunConfig(max_actors=1)))
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A local folder holding a tiny random conditional pixel UNet and a DDIM scheduler."""

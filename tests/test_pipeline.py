@@ -26,7 +26,7 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.manifest import ConfigMismatchError, Manifest
-from raywarp.pipeline.run import local_system_config, run
+from raywarp.pipeline.run import run
 from raywarp.pipeline.source import probe
 from raywarp.sampler import SamplerConfig
 from videos import shown_rotated, write_lossless
@@ -34,12 +34,7 @@ from videos import shown_rotated, write_lossless
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config=local_system_config(small_config("default")))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def frames_u8(photo: str, frames: int, size, **motion) -> np.ndarray:

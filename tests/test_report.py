@@ -17,23 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import ray
 import s3fs
 
 from raywarp.cli import main as cli_main
-from raywarp.pipeline.run import local_system_config, run
+from raywarp.pipeline.run import run
 from raywarp.report import RUNS, SPAN, sampled_spans, write_report
 from test_pipeline import small_config, write_video
 
 WINDOW = (1200, 5000)  # the whole page of this run fits: every image is in the screenshot
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config=local_system_config(small_config("default")))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
