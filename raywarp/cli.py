@@ -10,10 +10,14 @@
     raywarp report DST [--out FILE.html]
     raywarp demo [--out DIR]
 
-S3 (and S3-compatible stores): credentials and endpoint come from the usual AWS
-variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or from
---s3-endpoint / --s3-key / --s3-secret; they are passed to every worker explicitly and
-never written to the manifest. Exit status: 0 when every video is done, 1 otherwise.
+S3 (and S3-compatible stores): credentials come from the environment or a file only,
+never from the command line, where any local user could read them (`ps`): the AWS
+variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), or the AWS
+credentials file (~/.aws/credentials, AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE), or the
+instance's role. Ray workers read them from their own environment: they never travel
+as task arguments and are never written to the manifest. The endpoint comes from
+--s3-endpoint or AWS_ENDPOINT_URL. Exit status: 0 when every video is done, 1 when
+some failed, 2 for a refused command, 130 / 143 when stopped by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -76,9 +81,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_s3_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3-compatible endpoint URL")
-    p.add_argument("--s3-key", default=os.environ.get("AWS_ACCESS_KEY_ID"))
-    p.add_argument("--s3-secret", default=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    p.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
+                   help="S3-compatible endpoint URL (credentials: from the environment or the AWS credentials file "
+                        "only, never from the command line; see `raywarp run --help`)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -100,8 +105,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def storage_options_from_args(args: argparse.Namespace) -> dict | None:
     """fsspec options for s3:// URIs; None when nothing is set (s3fs then reads the environment)."""
     opts = {}
-    if args.s3_key or args.s3_secret:
-        opts.update(key=args.s3_key, secret=args.s3_secret)
     if args.s3_endpoint:
         opts["client_kwargs"] = {"endpoint_url": args.s3_endpoint}
     return opts or None
@@ -110,18 +113,40 @@ def storage_options_from_args(args: argparse.Namespace) -> dict | None:
 def run_command(args: argparse.Namespace) -> int:
     from raywarp.models import ModelNotFoundError, load_denoiser
     from raywarp.pipeline.manifest import ConfigMismatchError
+    from raywarp.pipeline.lease import LeaseHeldError, LeaseLostError
     from raywarp.pipeline.run import WorkerStartError, run
 
+    _received.clear()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         config = config_from_args(args)
         load_denoiser(config.model)  # fail fast on a bad model, before any cluster work
         summary = run(args.src, args.out, config, storage_options_from_args(args), address=args.address,
                       verbose=args.verbose)
-    except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError, WorkerStartError) as exc:
+    except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError, WorkerStartError, LeaseHeldError,
+            LeaseLostError) as exc:
         print(f"raywarp run: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signum = _received.get("signal", signal.SIGINT)
+        print(f"raywarp run: {'terminated' if signum == signal.SIGTERM else 'interrupted'}; every committed unit is "
+              f"kept: run the same command again to resume (progress: raywarp status {args.out})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary.format())
     return 0 if summary.ok else 1
+
+
+_received: dict = {}  # the signal that stopped a run
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does, its work in flight
+    abandoned and its Ray shut down: a KeyboardInterrupt is what passes through Ray's
+    calls (it re-raises its own), so the signal is noted beside it."""
+    _received["signal"] = signal.SIGTERM
+    raise KeyboardInterrupt
 
 
 STATUS_DESCRIPTION = """\
@@ -147,7 +172,7 @@ exits 0 if nothing failed and 1 otherwise; Ctrl-C exits 130. Without --watch: 0.
 
 def add_status_args(p: argparse.ArgumentParser) -> None:
     # DST first in the usage: `--watch DST` would read DST as the seconds.
-    p.usage = "%(prog)s DST [--json] [--watch [SECONDS]] [--s3-endpoint URL] [--s3-key KEY] [--s3-secret SECRET]"
+    p.usage = "%(prog)s DST [--json] [--watch [SECONDS]] [--s3-endpoint URL]"
     p.add_argument("dst", metavar="DST", help="the run's --out: a directory or s3:// prefix")
     p.add_argument("--json", action="store_true", help="the status as JSON (keys above)")
     p.add_argument("--watch", nargs="?", const=5.0, type=_seconds, metavar="SECONDS",
@@ -213,7 +238,8 @@ def main(argv=None) -> int:
         return demo.main(argv[1:])
     parser = argparse.ArgumentParser(prog="raywarp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_run_args(sub.add_parser("run", help="restore videos (resumable)"))
+    add_run_args(sub.add_parser("run", help="restore videos (resumable)", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter))
     add_status_args(sub.add_parser("status", help="progress of a run, from its manifest alone",
                                    description=STATUS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     report = sub.add_parser("report", help="an HTML page of a run: frames, x-t slices, temporal consistency, times, failures")

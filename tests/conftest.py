@@ -3,10 +3,16 @@ and a tiny random diffusers model folder for fast pipeline runs."""
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 
 import pytest
+
+# Ray workers take S3 credentials from their environment (raywarp never passes them as
+# task arguments); the moto server takes any. Set before any test starts Ray.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from raywarp.pipeline.manifest import (
     PROGRESS_SCHEMA,
     ConfigMismatchError,
     Manifest,
+    PayloadError,
+    commit_name,
     format_status,
 )
 
@@ -155,10 +157,10 @@ def test_arrays_round_trip_and_deterministic_bytes(manifest, monkeypatch):
     frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     tracks = np.linspace(0, 1, 10, dtype=np.float32).reshape(5, 2)
     assert not manifest.has_arrays("v1/c0")
-    uri = manifest.put_arrays("v1/c0", frames=frames, tracks=tracks)
+    uri, sha = manifest.put_arrays("v1/c0", frames=frames, tracks=tracks)
     assert uri == manifest.root + "/payload/v1/c0.zip" and manifest.has_arrays("v1/c0")
 
-    got = manifest.get_arrays("v1/c0")
+    got = manifest.get_arrays("v1/c0", sha)
     assert set(got) == {"frames", "tracks"}
     np.testing.assert_array_equal(got["frames"], frames)
     assert got["tracks"].dtype == np.float32 and np.array_equal(got["tracks"], tracks)
@@ -167,12 +169,43 @@ def test_arrays_round_trip_and_deterministic_bytes(manifest, monkeypatch):
     first = manifest.fs.cat_file(manifest._path("payload/v1/c0.zip"))
     real_localtime = time.localtime
     monkeypatch.setattr(time, "localtime", lambda t=None: real_localtime(time.time() + 400 * 86400))
-    manifest.put_arrays("v1/c0", tracks=tracks.copy(), frames=frames.copy())
+    assert manifest.put_arrays("v1/c0", tracks=tracks.copy(), frames=frames.copy())[1] == sha
     assert manifest.fs.cat_file(manifest._path("payload/v1/c0.zip")) == first
     assert zipfile.ZipFile(io.BytesIO(first)).testzip() is None
 
     with pytest.raises(ValueError):
         manifest.put_arrays("../escape", frames=frames)
+
+
+DAMAGE = {  # how a payload goes bad in storage → what the error says
+    "bit flip": (lambda data: data[:100] + bytes([data[100] ^ 0x01]) + data[101:], "do not match the checksum"),
+    "truncated": (lambda data: data[: len(data) // 2], "do not match the checksum"),
+    "deleted": (None, "missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_payload_is_refused_on_read(manifest, damage):
+    frames = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    _, sha = manifest.put_arrays("u1", frames=frames)
+    path = manifest._path("payload/u1.zip")
+    change, said = DAMAGE[damage]
+    if change is None:
+        manifest.fs.rm(path)
+    else:
+        manifest.fs.pipe_file(path, change(manifest.fs.cat_file(path)))
+    with pytest.raises(PayloadError, match=said):
+        manifest.get_arrays("u1", sha)
+
+
+def test_a_named_commit_is_made_once(manifest):
+    """A retried task commits under the same name: the row is there once."""
+    name = commit_name()
+    row = {"id": "u1", "kind": "clip", "status": "done", "attempt": 1, "finished_at": 1.0, "checksums": {"u1": "ab"}}
+    first = manifest.append_progress([row], name=name)
+    assert manifest.append_progress([{**row, "finished_at": 2.0}], name=name) == first
+    rows = manifest.progress().to_pylist()
+    assert len(rows) == 1 and rows[0]["finished_at"] == 1.0 and rows[0]["checksums"] == '{"u1": "ab"}'
 
 
 def test_frames_are_stored_losslessly_and_compressed(manifest):

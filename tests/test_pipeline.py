@@ -211,8 +211,8 @@ def test_verbose_lets_rays_output_through(monkeypatch):
 
     seen = []
     monkeypatch.setattr(run_module.ray, "init", lambda **kwargs: seen.append(kwargs))
-    run_module._init_ray(small_config("default"), None, verbose=True)
-    run_module._init_ray(small_config("default"), None, verbose=False)
+    run_module._init_ray(small_config("default"), None, verbose=True, credentials={})
+    run_module._init_ray(small_config("default"), None, verbose=False, credentials={})
     assert [(k["log_to_driver"], k["logging_level"]) for k in seen] == [(True, 20), (False, 30)]
 
 

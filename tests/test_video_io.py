@@ -86,7 +86,7 @@ def frames() -> np.ndarray:
 def video(tmp_path_factory, frames) -> str:
     """A 30-frame 48x64 mp4 at 24000/1001 fps, keyframe every 5 frames."""
     path = str(tmp_path_factory.mktemp("src") / "coffee.mp4")
-    assert encode_video(iter(frames), path, FPS, gop=GOP) == FRAMES
+    assert encode_video(iter(frames), path, FPS, gop=GOP).frames == FRAMES
     return path
 
 
@@ -136,7 +136,7 @@ def test_audio_is_detected_and_copied_packet_for_packet(tmp_path, frames):
     src, dst = tmp_path / "with_audio.mp4", str(tmp_path / "restored.mp4")
     write_with_audio(src, frames, fps, sample_rate=8000)
     assert probe(str(src))["has_audio"] is True
-    assert encode_video(iter(frames[::-1]), dst, fps, audio_source=str(src)) == FRAMES
+    assert encode_video(iter(frames[::-1]), dst, fps, audio_source=str(src)).frames == FRAMES
     info = probe(dst)
     assert info["has_audio"] is True and info["frames"] == FRAMES and info["fps"] == 1
     with av.open(str(src)) as source:
@@ -379,7 +379,7 @@ def test_decode_span_rejects_bad_spans(video):
 
 def test_encode_keeps_every_frame_at_the_given_rate(tmp_path, frames, reference):
     path = str(tmp_path / "a" / "b" / "out.mp4")  # parent folders are created
-    assert encode_video((f for f in frames), path, FPS, gop=GOP) == FRAMES
+    assert encode_video((f for f in frames), path, FPS, gop=GOP).frames == FRAMES
     assert count_packets(path) == FRAMES
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -395,7 +395,7 @@ def test_encode_keeps_every_frame_at_the_given_rate(tmp_path, frames, reference)
 def test_encode_odd_size(tmp_path):
     odd = make_frames(9, (47, 63))
     path = str(tmp_path / "odd.mp4")
-    assert encode_video(iter(odd), path, 25) == 9
+    assert encode_video(iter(odd), path, 25).frames == 9
     info = probe(path)
     assert (info["frames"], info["height"], info["width"]) == (9, 47, 63)
     decoded = full_decode(path)
@@ -509,7 +509,7 @@ def test_s3_list_probe_decode_encode(s3_bucket, video, reference, frames):
     np.testing.assert_array_equal(decode_span(uri, 8, 17, options), reference[8:17])
 
     dst = f"s3://{bucket}/out/coffee.mp4"
-    assert encode_video(iter(frames[:10]), dst, FPS, options, gop=GOP) == 10
+    assert encode_video(iter(frames[:10]), dst, FPS, options, gop=GOP).frames == 10
     assert probe(dst, options)["frames"] == 10
 
     # Rewriting the object with different content changes its fingerprint.

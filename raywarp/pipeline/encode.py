@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import math
 import os
 import tempfile
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -17,6 +19,14 @@ from raywarp.pipeline.source import filesystem
 
 # Standard rates are n/1 or n/1001 (NTSC); a float like 29.97 becomes 2997/100.
 _MAX_FPS_DENOMINATOR = 1001
+
+
+class Encoded(NamedTuple):
+    """What `encode_video` wrote: frames, and the file's size and sha256 (to check it later)."""
+
+    frames: int
+    bytes: int
+    sha256: str
 
 
 def _as_fraction(fps) -> Fraction:
@@ -113,15 +123,16 @@ def _open_audio_source(uri, storage_options, stack):
 
 
 def encode_video(frames, dst_uri: str, fps, storage_options: dict | None = None, audio_source: str | None = None,
-                 crf: int = 18, gop: int | None = None, *, preset: str = "medium", threads: int = 4) -> int:
+                 crf: int = 18, gop: int | None = None, *, preset: str = "medium", threads: int = 4) -> Encoded:
     """Encode `frames` ((H, W, 3) uint8 RGB arrays, consumed lazily) to H.264 at `dst_uri`.
 
     Frame i is shown at i / fps (a Fraction; a float is converted). The container
     follows dst_uri's extension (default mp4; mp4 gets its index up front). If
     `audio_source` (a URI) has an audio stream, its packets are copied in without
     re-encoding. The same frames and options give the same bytes. Writes a local
-    temporary file (mp4 needs a seekable output), then uploads it through fsspec.
-    Returns the number of frames written. Raises ValueError when there are no
+    temporary file (mp4 needs a seekable output), then uploads it through fsspec, so
+    nothing appears at `dst_uri` unless every frame was encoded. Returns the frames
+    written and the file's size and checksum. Raises ValueError when there are no
     frames, or a frame is not (H, W, 3) uint8 or differs in shape from the first.
     """
     fps = _as_fraction(fps)
@@ -130,12 +141,14 @@ def encode_video(frames, dst_uri: str, fps, storage_options: dict | None = None,
     os.close(fd)
     try:
         count = _encode_to_file(frames, tmp, fps, storage_options, audio_source, crf, gop, preset, threads)
+        with open(tmp, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if isinstance(fs, LocalFileSystem):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         fs.put_file(tmp, path)
+        return Encoded(count, os.path.getsize(tmp), digest)
     finally:
         os.remove(tmp)
-    return count
 
 
 def _encode_to_file(frames, tmp: str, fps: Fraction, storage_options, audio_source, crf, gop, preset, threads) -> int:

@@ -39,6 +39,7 @@ renamed into place), so readers never see half a file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -77,6 +78,8 @@ PROGRESS_SCHEMA = pa.schema([
     ("metrics", pa.string()),      # JSON
     ("error", pa.string()),
     ("output", pa.string()),       # URI of the payload or the output video
+    ("checksums", pa.string()),    # JSON {payload key or output URI: sha256 of its bytes}, what the row commits
+    ("output_bytes", pa.int64()),  # a video row: the size of its output file
 ])
 PROGRESS_REQUIRED = ("id", "kind", "status", "attempt", "finished_at")
 KINDS = ("seam", "clip", "video")
@@ -104,6 +107,14 @@ class _Log:
 
 class ConfigMismatchError(Exception):
     """DST already holds a run made with a different config."""
+
+
+class PayloadError(Exception):
+    """A committed payload is missing, or its bytes are not those its commit recorded."""
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Manifest:
@@ -154,6 +165,32 @@ class Manifest:
 
     def _get(self, rel: str) -> bytes:
         return self.fs.cat_file(self._path(rel))
+
+    # -- raw files, for what else lives under the root (the lease) ------------------
+
+    def write_bytes(self, rel: str, data: bytes, create: bool = False) -> str:
+        """Write ``data`` at ``rel`` in one go, readers never see half of it; returns its
+        URI. create: only if nothing is there yet, atomically; FileExistsError otherwise."""
+        return self._put(rel, data, create)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes at ``rel``; FileNotFoundError if there are none."""
+        return self._get(rel)
+
+    def list_names(self, folder: str) -> list[str]:
+        """Names of the files in ``folder`` now (other processes write: not s3fs's cached
+        listing); [] if it does not exist."""
+        path = self._path(folder)
+        self.fs.invalidate_cache(path)
+        try:
+            return sorted(_name(p) for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, rels: list[str]) -> None:
+        """Delete the files at ``rels``."""
+        if rels:
+            self.fs.rm([self._path(rel) for rel in rels])
 
     # -- run.json -------------------------------------------------------------------
 
@@ -215,18 +252,23 @@ class Manifest:
 
     # -- progress -------------------------------------------------------------------
 
-    def append_progress(self, rows: list[dict]) -> str:
+    def append_progress(self, rows: list[dict], name: str | None = None) -> str:
         """Commit ``rows`` (PROGRESS_SCHEMA fields) as one new part file; returns its URI.
 
         Missing optional fields become null; unknown fields raise ValueError, so a typo
-        fails loudly instead of vanishing. ``metrics`` may be a dict (stored as JSON).
+        fails loudly instead of vanishing. ``metrics`` and ``checksums`` may be dicts
+        (stored as JSON). ``name`` (from `commit_name`) makes the commit create-once: a
+        retried task that commits under the same name finds it there and adds nothing.
         """
         if not rows:
             raise ValueError("append_progress needs at least one row")
         rows = [_check_progress_row(r) for r in rows]
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        return self._put(f"progress/part-{stamp}-{uuid.uuid4().hex}.parquet",
-                         _parquet_bytes(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA)))
+        rel = f"progress/part-{name or commit_name()}.parquet"
+        data = _parquet_bytes(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA))
+        try:
+            return self._put(rel, data, create=name is not None)
+        except FileExistsError:
+            return self.uri(rel)  # this very commit was made by an earlier try
 
     def _log_files(self) -> tuple[tuple[int, str] | None, list[str]]:
         """(newest checkpoint as (number, path) or None, part paths in name order)."""
@@ -255,7 +297,7 @@ class Manifest:
                 if checkpoint is not None:
                     table = pq.read_table(io.BytesIO(self.fs.cat_file(checkpoint[1])))
                     log.held = set(json.loads((table.schema.metadata or {}).get(_CHECKPOINT_PARTS, b"[]")))
-                    tables.append(table.replace_schema_metadata(None).cast(PROGRESS_SCHEMA))
+                    tables.append(_conform(table.replace_schema_metadata(None)))
                 log.fresh = [p for p in parts if _name(p) not in log.held]
                 blobs = self.fs.cat(log.fresh, on_error="return") if log.fresh else {}  # concurrent on S3
                 if any(isinstance(blobs.get(p), FileNotFoundError) for p in log.fresh):
@@ -267,7 +309,7 @@ class Manifest:
                     blob = blobs[part]
                     if isinstance(blob, BaseException):
                         raise blob
-                    tables.append(pq.read_table(io.BytesIO(blob)).cast(PROGRESS_SCHEMA))
+                    tables.append(_conform(pq.read_table(io.BytesIO(blob))))
                 except Exception as err:  # a zero-byte leftover, a foreign file, ...
                     warnings.warn(f"skipping unreadable progress part {part}: {err!r}", stacklevel=3)
             log.rows = pa.concat_tables(tables) if tables else PROGRESS_SCHEMA.empty_table()
@@ -316,18 +358,29 @@ class Manifest:
 
     # -- payload arrays -------------------------------------------------------------
 
-    def put_arrays(self, key: str, **arrays: np.ndarray) -> str:
-        """Store ``arrays`` at ``payload/<key>.zip`` (one PUT); returns its URI.
+    def put_arrays(self, key: str, **arrays: np.ndarray) -> tuple[str, str]:
+        """Store ``arrays`` at ``payload/<key>.zip`` (one PUT); returns (its URI, the
+        checksum of its bytes, for the commit row).
 
         Frame stacks (uint8 (T, H, W, 3)) are stored as one lossless PNG per frame, other
         arrays as deflated ``.npy``. The bytes depend only on the arrays (names sorted,
         fixed zip dates), so a retry overwrites a payload with identical bytes.
         """
-        return self._put(_payload_rel(key), _payload_bytes(arrays))
+        data = _payload_bytes(arrays)
+        return self._put(_payload_rel(key), data), checksum(data)
 
-    def get_arrays(self, key: str) -> dict[str, np.ndarray]:
-        """The arrays stored at ``key``."""
-        return _payload_arrays(self._get(_payload_rel(key)))
+    def get_arrays(self, key: str, expected: str | None = None) -> dict[str, np.ndarray]:
+        """The arrays stored at ``key``. With ``expected`` (the checksum its commit
+        recorded) PayloadError if the payload is gone or its bytes differ."""
+        try:
+            data = self._get(_payload_rel(key))
+        except FileNotFoundError:
+            if expected is None:
+                raise
+            raise PayloadError(f"payload {key}: missing ({self.uri(_payload_rel(key))})") from None
+        if expected is not None and checksum(data) != expected:
+            raise PayloadError(f"payload {key}: its {len(data)} bytes do not match the checksum its commit recorded")
+        return _payload_arrays(data)
 
     def has_arrays(self, key: str) -> bool:
         """Whether a payload exists at ``key`` (it counts only once a 'done' row commits it)."""
@@ -424,6 +477,19 @@ def _config_diff(old, new, prefix: str = "") -> dict[str, tuple]:
     return diff
 
 
+def commit_name() -> str:
+    """A fresh commit name, in time order (part files sort by it)."""
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex}"
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A progress table in PROGRESS_SCHEMA; columns a file predates come back null."""
+    for column in PROGRESS_SCHEMA:
+        if column.name not in table.column_names:
+            table = table.append_column(column.name, pa.nulls(table.num_rows, column.type))
+    return table.select(PROGRESS_SCHEMA.names).cast(PROGRESS_SCHEMA)
+
+
 def _check_progress_row(row: dict) -> dict:
     unknown = set(row) - set(PROGRESS_SCHEMA.names)
     if unknown:
@@ -433,8 +499,9 @@ def _check_progress_row(row: dict) -> dict:
         raise ValueError(f"progress row {row.get('id')!r} lacks required fields {missing}")
     if row["kind"] not in KINDS or row["status"] not in STATUSES:
         raise ValueError(f"progress row {row['id']!r}: kind must be one of {KINDS}, status one of {STATUSES}")
-    if isinstance(row.get("metrics"), (dict, list)):
-        row = {**row, "metrics": json.dumps(row["metrics"], sort_keys=True)}
+    for name in ("metrics", "checksums"):
+        if isinstance(row.get(name), (dict, list)):
+            row = {**row, name: json.dumps(row[name], sort_keys=True)}
     return row
 
 

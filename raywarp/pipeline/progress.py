@@ -73,6 +73,12 @@ class Progress:
         self.computed_frames += frames
         self.show()
 
+    def unit_redone(self, frames: int) -> None:
+        """A unit counted done must be computed again (its payload was lost)."""
+        self.done["units"] -= 1
+        self.done["frames"] -= frames
+        self.show()
+
     def unit_failed(self) -> None:
         self.failed["units"] += 1
         self.show()

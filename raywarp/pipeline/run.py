@@ -34,12 +34,17 @@ manifest, and a resumed run reads them back instead of scanning again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import posixpath
+import re
+import signal
+import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ray
@@ -49,14 +54,16 @@ from raywarp.pipeline import plan as rplan
 from raywarp.pipeline import shots as rshots
 from raywarp.pipeline import stages, telemetry
 from raywarp.pipeline.config import RunConfig
-from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest
+from raywarp.pipeline.lease import Lease
+from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest, commit_name
 from raywarp.pipeline.progress import Progress
-from raywarp.pipeline.source import VideoError, list_videos, probe
-from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row
+from raywarp.pipeline.source import VideoError, filesystem, list_videos, probe
+from raywarp.pipeline.stages import UnitWorker, error_text, progress_row, unit_checksums
 
 decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
 advance_coords = ray.remote(rclip.advance)
-load_array = ray.remote(stages.load_array)
+load_unit = ray.remote(num_returns=3)(stages.load_unit)
+replay_coords = ray.remote(stages.replay_coords)
 encode_units = ray.remote(stages.encode_units)
 TICK_SECONDS = 5.0  # the driver's wait between progress updates when nothing finishes
 ACTOR_WAIT_SECONDS = 60.0  # no worker actor started by then: say what the run is waiting for
@@ -102,14 +109,15 @@ def output_uris(dst: str, uris: list[str]) -> dict[str, str]:
 
     Sources that would still share an output (a/clip.mov and a/clip.mkv) are told apart
     by a digest of their URI (DST/a/clip-1f3a9c2e.mp4). A function of the URI set alone:
-    the same whatever the listing order, and unique.
+    the same whatever the listing order, and unique. Always inside DST, beside the
+    manifest: no `..`, no absolute path, no control character survives in a name.
     """
-    paths = [_path_of(u) for u in uris]
+    paths = [posixpath.normpath(_path_of(u)) for u in uris]
     try:
         root = posixpath.commonpath([posixpath.dirname(p) for p in paths]) if paths else ""
     except ValueError:  # local and remote sources mixed: keep their whole paths
         root = ""
-    stems = {u: posixpath.splitext(posixpath.relpath(p, root) if root else p.lstrip("/"))[0] or "video"
+    stems = {u: _safe_name(posixpath.splitext(posixpath.relpath(p, root) if root else p)[0])
              for u, p in zip(uris, paths)}
     count: dict[str, int] = {}
     for stem in stems.values():
@@ -121,6 +129,14 @@ def output_uris(dst: str, uris: list[str]) -> dict[str, str]:
             stem = f"{stem}-{hashlib.sha256(u.encode()).hexdigest()[:8]}"
         out[u] = f"{dst}/{stem}.mp4"
     return out
+
+
+def _safe_name(stem: str) -> str:
+    """`stem` as a relative path that stays inside DST and out of its manifest folder."""
+    parts = [re.sub(r"[\x00-\x1f\x7f]", "_", p) for p in stem.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if parts and parts[0] == "_raywarp":
+        parts[0] = "_raywarp-source"
+    return "/".join(parts) or "video"
 
 
 def _as_error(uri: str, fn, *args) -> dict:
@@ -161,8 +177,11 @@ class _Unit:
     row: dict  # its plan row
     index: int  # its place in its shot's chain
     state: str = "waiting"  # waiting → decoding → decoded → flowing → flowed → sampling → done | failed
+    checksums: dict = field(default_factory=dict)  # of its committed payloads, from its commit row
+    loading: bool = False  # committed earlier: its payloads are being read back and verified
+    error: str = ""  # why it failed
     pixels: ray.ObjectRef | None = None
-    timing: dict = field(default_factory=dict)
+    earlier: dict = field(default_factory=dict)  # what its decode and flow stages reported
     flows: ray.ObjectRef | None = None
     end_map: ray.ObjectRef | None = None
     coords: ray.ObjectRef | None = None  # its first frame's GP coordinates (None: identity)
@@ -204,8 +223,10 @@ class _Stream:
     Work per event is bounded by the window, not by the size of the run: units wait in
     `pending` (run order) until opened, and only the `open` ones are looked at."""
 
-    def __init__(self, videos: list[dict], units: list[dict], done: set[str], pool: _Pool, manifest: Manifest,
-                 config: RunConfig, storage_options, attempt: int, summary: RunSummary, progress: Progress):
+    def __init__(self, videos: list[dict], units: list[dict], done: dict[str, dict], pool: _Pool, lease: Lease,
+                 manifest: Manifest, config: RunConfig, storage_options, attempt: int, summary: RunSummary,
+                 progress: Progress):
+        """done: the commit rows of what earlier attempts finished, by id."""
         self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
         self.summary, self.progress = summary, progress
         self.videos = {v["video_id"]: v for v in videos if v["video_id"] not in done}
@@ -214,7 +235,9 @@ class _Stream:
         for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
             if u["video_id"] in self.of_video:
                 chain = self.chains.setdefault(_chain_key(u), [])
-                unit = _Unit(u, len(chain), state="done" if u["id"] in done else "waiting")
+                unit = _Unit(u, len(chain))
+                if u["id"] in done:
+                    unit.state, unit.checksums = "done", unit_checksums(done[u["id"]])
                 self.of_video[u["video_id"]].append(unit)
                 chain.append(unit)
         self.units = {u.row["id"]: u for chain in self.chains.values() for u in chain}
@@ -226,7 +249,7 @@ class _Stream:
         self.open: list[_Unit] = []  # opened, not finished, in run order
         self.left = {vid: sum(u.state != "done" for u in chain) for vid, chain in self.of_video.items()}
         self.cursor = dict.fromkeys(self.chains, 0)  # per shot: the last unit whose coordinates are submitted
-        self.pool = pool
+        self.pool, self.lease = pool, lease
         self.waiting: dict[ray.ObjectRef, tuple] = {ref: ("actor", a) for ref, a in pool.starting.items()}
         self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
         self.started, self.said_no_actor = time.monotonic(), False
@@ -248,14 +271,46 @@ class _Stream:
         self.waiting[ref] = what
 
     def _load_committed(self, chain: list[_Unit]) -> None:
-        """What committed units hand on to uncommitted ones: end maps, a seam's frames."""
+        """Read back, verified, what committed units hand on to uncommitted ones: the end
+        maps of those before an open unit of the shot (its noise coordinates run through
+        them), and the frames of the seams an open clip is anchored to."""
+        cursor = self.cursor[_chain_key(chain[0].row)]
         last_open = max((k for k, u in enumerate(chain) if u.state != "done"), default=-1)
-        for u in chain[:last_open]:
-            if u.state == "done":
-                u.end_map = self._light(load_array).remote(self.manifest.dst, self.options, end_map_key(u.row["id"]), "end_map")
-                if u.row["kind"] == "seam":
-                    u.frames = self._light(load_array).remote(self.manifest.dst, self.options, u.row["id"], "frames")
+        for k, u in enumerate(chain):
+            if u.state != "done" or u.loading:
+                continue
+            need_end_map = cursor <= k < last_open and u.end_map is None
+            need_frames = u.frames is None and any(c.state != "done" for c in self.anchored.get(u.row["id"], []))
+            if need_end_map or need_frames:
+                u.loading = True
+                error, end_map, frames = self._light(load_unit).remote(self.manifest.dst, self.options, u.row["id"],
+                                                                       u.checksums, need_frames)
+                self._wait(error, "loaded", u, None, (end_map, frames if need_frames else None))
         chain[0].has_coords = True  # the identity
+
+    def _redo(self, u: _Unit, reason: str) -> None:
+        """A committed unit's payload is gone or damaged: record that, and compute the
+        unit again (its bytes come out the same), before anything uses it."""
+        now = time.time()
+        row = progress_row(u.row, self.attempt, status="failed", frames=0, error=f"{reason}; recomputing the unit",
+                           started_at=now, finished_at=now)
+        self.manifest.append_progress([row])
+        telemetry.record(row)
+        self.progress.message(f"recomputing {u.row['kind']} {u.row['start']}-{u.row['stop']} of {u.row['uri']}: {reason}")
+        self.progress.unit_redone(int(u.row["frames"]))
+        u.state, u.loading, u.checksums, u.earlier = "waiting", False, {}, {}
+        u.end_map = u.frames = None
+        self.left[u.row["video_id"]] += 1
+        self.pending.appendleft(u)
+        key = _chain_key(u.row)
+        chain = self.chains[key]
+        if 0 < u.index < self.cursor[key] and u.coords is None:  # its coordinates were let go: replay the chain
+            u.has_coords = False
+            u.coords = self._light(replay_coords).remote(self.manifest.dst, self.options,
+                                                         [c.checksums for c in chain[: u.index]],
+                                                         [c.row["id"] for c in chain[: u.index]])
+            self._wait(u.coords, "coords", u)
+        self._load_committed(chain)  # it may need what nothing needed before
 
     def _extend_coords(self, key: tuple) -> None:
         """Submit the coordinate scan of a shot as far as good end maps exist. The cursor
@@ -276,7 +331,7 @@ class _Stream:
 
     def _ready_to_sample(self, u: _Unit) -> bool:
         return (u.state == "flowed" and u.has_coords
-                and all(a is None or a.state == "done" for a in self._anchors(u)))
+                and all(a is None or (a.state == "done" and a.frames is not None) for a in self._anchors(u)))
 
     def _settle(self, u: _Unit, state: str) -> None:
         """`u` is done or failed; the video is finished with its last unit. Frees what
@@ -299,10 +354,11 @@ class _Stream:
         """A failed row for `u` (`committed`: its worker wrote it), and for the units that need it."""
         if u.state in ("done", "failed"):
             return
+        u.error = error
         if not committed:
             now = time.time()
             row = progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
-                               started_at=u.timing.get("started_at", now), finished_at=now)
+                               started_at=u.earlier.get("started_at", now), finished_at=now)
             self.manifest.append_progress([row])
             telemetry.record(row)
         self._settle(u, "failed")
@@ -352,7 +408,8 @@ class _Stream:
                 self._wait(info, "flowed", u, actor)
             else:
                 start, end = (a.frames if a else None for a in self._anchors(u))
-                row, u.frames = actor.sample.remote(u.row, u.pixels, u.flows, u.coords, start, end, u.timing)
+                row, u.frames = actor.sample.remote(u.row, u.pixels, u.flows, u.coords, start, end, u.earlier,
+                                                    commit_name())
                 u.state = "sampling"
                 self._wait(row, "sampled", u, actor)
 
@@ -361,12 +418,11 @@ class _Stream:
         video, chain = self.videos[vid], self.of_video[vid]
         failed = [u for u in chain if u.state == "failed"]
         if not failed:
-            ids = [u.row["id"] for u in sorted(chain, key=lambda u: u.row["out_start"])]
-            self._wait(self._light(encode_units).remote(video, ids, self.manifest.dst, self.options, self.attempt),
+            units = [(u.row["id"], u.checksums.get(u.row["id"])) for u in sorted(chain, key=lambda u: u.row["out_start"])]
+            self._wait(self._light(encode_units).remote(video, units, self.manifest.dst, self.options, self.attempt),
                        "encoded", video)
             return
-        first = self.manifest.latest().get(failed[0].row["id"], {}).get("error") or "no result"
-        reason = f"{len(failed)} of {len(chain)} units failed; first: {first}"
+        reason = f"{len(failed)} of {len(chain)} units failed; first: {failed[0].error}"
         row = _failed_video_row(vid, video["uri"], reason, self.attempt)
         self.manifest.append_progress([row])
         telemetry.record(row)
@@ -374,7 +430,7 @@ class _Stream:
         self.progress.video_failed()
         self.progress.message(f"failed {video['uri']}: {reason}")
 
-    def _complete(self, ref, what: str, subject, actor=None) -> None:
+    def _complete(self, ref, what: str, subject, actor=None, loaded=None) -> None:
         pool = self.pool
         if what == "actor":
             del pool.starting[ref]
@@ -398,14 +454,26 @@ class _Stream:
         if what == "actor":
             pool.idle.append(subject)
             pool.started_any = True
+        elif what == "loaded":
+            subject.loading = False
+            if isinstance(result, dict) or result:  # the task crashed, or a payload is gone or damaged
+                self._redo(subject, result["error"] if isinstance(result, dict) else result)
+                return
+            end_map, frames = loaded
+            key = _chain_key(subject.row)
+            if subject.index >= self.cursor[key]:  # else the scan went past it meanwhile
+                subject.end_map = end_map
+            subject.frames = frames if frames is not None else subject.frames
+            self._extend_coords(key)
         elif what == "decoded":
-            subject.timing.update(result)
+            subject.earlier.update(result)
             if result["error"]:
                 self._fail(subject, result["error"], coords_broken=True)
             else:
                 subject.state = "decoded"
         elif what == "flowed":
-            subject.timing["seconds_flow"] = result.get("seconds_flow", 0.0)
+            subject.earlier.update(seconds_flow=result.get("seconds_flow", 0.0),
+                                   end_map_checksum=result.get("end_map_checksum"))
             if result["error"]:
                 self._fail(subject, result["error"], coords_broken=True)
             else:
@@ -420,6 +488,7 @@ class _Stream:
             self.commits += 1
             if result.get("status") == "done":
                 self.summary.units_computed += 1
+                subject.checksums = result["checksums"]
                 self._settle(subject, "done")
                 self.progress.unit_done(int(subject.row["frames"]))
             else:
@@ -427,7 +496,9 @@ class _Stream:
             if self.commits % COMPACT_EVERY == 0:
                 self.manifest.compact()
         elif what == "encoded":
-            if result["status"] == "done":
+            if result["status"] == "redo":  # a unit's payload is gone or damaged: nothing was written
+                self._redo(self.units[result["unit"]], result["error"])
+            elif result["status"] == "done":
                 self.summary.videos_done.append(result["uri"])
                 self.progress.video_done()
                 self.progress.message(f"done {result['uri']} -> {subject['output']}")
@@ -438,6 +509,7 @@ class _Stream:
 
     def run(self) -> None:
         while True:
+            self.lease.check()  # another driver took DST over (this one was judged gone): stop writing
             self._open()
             # Work is left while units are pending or open, or a video is being encoded.
             if not (self.pending or self.open or any(what[0] != "actor" for what in self.waiting.values())):
@@ -488,43 +560,64 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
     started = time.perf_counter()
     uris = list_videos(src, storage_options)  # first: a missing source is refused before anything is written or started
     manifest = Manifest(dst, storage_options)
-    attempt = manifest.start_run(config.to_dict(), config.hash())  # refuses a different config
-    embedded = not ray.is_initialized()
-    if embedded:
-        _init_ray(config, address, verbose)
-    try:
-        pool = _Pool(config, manifest.dst, storage_options, attempt)  # first: models load while probing
-        try:
-            summary = _run(pool, uris, dst, config, storage_options, manifest, attempt, quiet)
-        finally:
-            pool.close()
+    options, credentials = split_credentials(storage_options)
+    with contextlib.ExitStack() as held:  # let go in reverse: the actors, Ray, the lease
+        lease = held.enter_context(Lease(manifest))  # one writer per DST; refuses a second driver
+        attempt = manifest.start_run(config.to_dict(), config.hash())  # refuses a different config
+        embedded = not ray.is_initialized()
+        if embedded:
+            _init_ray(config, address, verbose, credentials)
+            held.callback(ray.shutdown)
+        pool = _Pool(config, manifest.dst, options, attempt)  # first: models load while probing
+        held.callback(pool.close)
+        summary = _run(pool, lease, uris, dst, config, options, manifest, attempt, quiet)
         if embedded and not address:
             summary.ray_logs = os.path.join(_session_dir(), "logs")
-    finally:
-        if embedded:
-            ray.shutdown()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+CREDENTIALS = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
+
+
+def split_credentials(storage_options: dict | None) -> tuple[dict | None, dict]:
+    """(the storage options tasks and actors get, the credentials taken out of them as
+    environment variables). Secrets never travel as task arguments, where Ray's
+    dashboard and state API show them: workers read them from their environment (the
+    embedded Ray's inherit the driver's; a cluster's come from the job's runtime env
+    or the nodes' instance roles)."""
+    if not storage_options:
+        return storage_options, {}
+    options = {k: v for k, v in storage_options.items() if k not in CREDENTIALS}
+    return options, {CREDENTIALS[k]: v for k, v in storage_options.items() if k in CREDENTIALS and v}
 
 
 def _session_dir() -> str:
     return ray._private.worker.global_worker.node.get_session_dir_path()  # no public API names it
 
 
-def _init_ray(config: RunConfig, address: str | None, verbose: bool) -> None:
+def _init_ray(config: RunConfig, address: str | None, verbose: bool, credentials: dict) -> None:
     """Connect to `address`, or start an embedded local Ray. Ray's progress and logs go
-    to its session's log files unless `verbose`."""
+    to its session's log files unless `verbose`. `credentials` (environment variables)
+    go to every worker through the job's runtime env."""
     if not verbose:  # token auth stays on, Ray's default for a local cluster; only its notice goes
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    before = signal.getsignal(signal.SIGTERM)
+    if credentials:
+        quiet["runtime_env"] = {"env_vars": credentials}
     if address:
         ray.init(address=address, **quiet)
-        return
-    # One logical CPU more than the machine has, for the light decode/encode/coordinate
-    # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
-    # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
-    ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, _system_config=local_system_config(config),
-             **quiet)
+    else:
+        # One logical CPU more than the machine has, for the light decode/encode/coordinate
+        # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
+        # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
+                 _system_config=local_system_config(config), **quiet)
+    if threading.current_thread() is threading.main_thread():
+        # Ray's core worker puts a crash handler on SIGTERM that aborts the process, so no
+        # cleanup would run: a Python handler back (the caller's, else Ray's own).
+        signal.signal(signal.SIGTERM, before if callable(before) else signal.getsignal(signal.SIGTERM))
 
 
 def _failed_video_row(vid: str, uri: str, error: str, attempt: int) -> dict:
@@ -563,7 +656,27 @@ def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, stora
     return found
 
 
-def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, attempt: int, quiet: bool) -> RunSummary:
+def _outputs_lost(videos: list[dict], done: dict[str, dict], storage_options) -> list[tuple[dict, str]]:
+    """(video, what is wrong) for each video committed as done whose output is gone or is
+    not the size its commit recorded (a video can be encoded again from its payloads)."""
+
+    def check(v: dict) -> str:
+        fs, path = filesystem(v["output"], storage_options)
+        try:
+            fs.invalidate_cache(path)
+            size = fs.info(path)["size"]
+        except FileNotFoundError:
+            return f"output {v['output']} is missing"
+        expected = done[v["video_id"]]["output_bytes"]
+        return f"output {v['output']} has {size} bytes, its commit recorded {expected}" if expected not in (None, size) else ""
+
+    committed = [v for v in videos if v["video_id"] in done]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one HEAD each: many at once on S3
+        return [(v, problem) for v, problem in zip(committed, pool.map(check, committed)) if problem]
+
+
+def _run(pool: _Pool, lease: Lease, uris, dst, config, storage_options, manifest: Manifest, attempt: int,
+         quiet: bool) -> RunSummary:
     summary = RunSummary(dst)
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
@@ -577,7 +690,9 @@ def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, at
             p["video_id"] = rplan.video_id(p["uri"], p["fingerprint"], config_hash)
             p["output"] = outputs[p["uri"]]
             videos.append(p)
+    lease.check()
     shots = _find_shots(videos, manifest, config, storage_options)
+    lease.check()
     bad += [(v["video_id"], v["uri"], shots[v["video_id"]]) for v in videos if isinstance(shots[v["video_id"]], str)]
     videos = [v for v in videos if not isinstance(shots[v["video_id"]], str)]
     units = rplan.plan([{**v, "shots": shots[v["video_id"]]} for v in videos], config)
@@ -595,7 +710,12 @@ def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, at
         summary.videos_failed[uri] = error
 
     manifest.compact()  # a bounded log for this run's reads
-    done = manifest.committed()
+    done = {i: row for i, row in manifest.latest().items() if row["status"] == "done"}
+    for v, problem in _outputs_lost(videos, done, storage_options):  # written before, gone or changed since
+        row = _failed_video_row(v["video_id"], v["uri"], f"{problem}; encoding it again", attempt)
+        manifest.append_progress([row])
+        telemetry.record(row)
+        del done[v["video_id"]]
     summary.videos_done += [v["uri"] for v in videos if v["video_id"] in done]
     summary.units_skipped = sum(u["id"] in done for u in units)
     progress = Progress(len(videos) + len(bad), len(units), sum(int(u["frames"]) for u in units),
@@ -611,7 +731,7 @@ def _run(pool: _Pool, uris, dst, config, storage_options, manifest: Manifest, at
             progress.message(f"{v['uri']}: not copied to the output: {v['not_copied']}")
     progress.show(force=True)
     try:
-        _Stream(videos, units, done, pool, manifest, config, storage_options, attempt, summary, progress).run()
+        _Stream(videos, units, done, pool, lease, manifest, config, storage_options, attempt, summary, progress).run()
     finally:
         progress.close()
     manifest.compact()

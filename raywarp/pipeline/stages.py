@@ -5,20 +5,25 @@
                      its device (the GPU when it has one) and does a unit's two model
                      stages, `flows` and `sample`
     rclip.advance    CPU task: carries GP coordinates from one unit's first frame to the next's
-    load_array       CPU task: one array of a committed unit's payload (resume)
+    load_unit        CPU task: what a committed unit hands on (resume), its payloads verified
+    replay_coords    CPU task: a shot's coordinate scan again from stored end maps (a unit redone late)
     encode_units     CPU task: a finished video's frames, from the payloads, to H.264
 
 Plain functions and a plain class: the driver (`raywarp.pipeline.run`) runs them as
 Ray tasks and actors wired by ObjectRefs, the benchmark's plain loop calls them in order. Arrays stay in Ray's
 object store between stages; what is written to the manifest is what resume needs:
 each unit's end map (`endmap/<id>`), its restored frames (`<id>`), and the commit row,
-last. A stage never raises for a bad unit: it returns (and for sampling commits) the
-error, so every unit keeps a manifest row. Each committed row is also counted in the
-run's Ray metrics (`raywarp.pipeline.telemetry`).
+last, which records both payloads' checksums: every read of a committed payload checks
+them, so a payload lost or damaged in storage is found (and its unit recomputed by the
+driver) before it is used, and never reaches an output video. A stage never raises for
+a bad unit: it returns (and for sampling commits) the error, so every unit keeps a
+manifest row. Each committed row is also counted in the run's Ray metrics
+(`raywarp.pipeline.telemetry`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -37,7 +42,7 @@ from raywarp.pipeline import telemetry
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video as encode_frames
-from raywarp.pipeline.manifest import Manifest
+from raywarp.pipeline.manifest import Manifest, PayloadError
 from raywarp.tensors import frames_to_tensor
 
 EMPTY = np.zeros((0, 1, 1, 3), np.uint8)
@@ -72,8 +77,34 @@ def decode_unit(unit: dict, storage_options: dict | None) -> tuple[np.ndarray, d
     return pixels, {"started_at": started, "seconds_decode": time.perf_counter() - t0, "error": error}
 
 
-def load_array(dst: str, storage_options: dict | None, key: str, name: str) -> np.ndarray:
-    return Manifest(dst, storage_options).get_arrays(key)[name]
+def unit_checksums(row: dict) -> dict:
+    """{payload key: sha256} a commit row recorded ({} for rows that predate checksums)."""
+    return json.loads(row.get("checksums") or "{}")
+
+
+def load_unit(dst: str, storage_options: dict | None, unit_id: str, checksums: dict,
+              with_frames: bool) -> tuple[str, np.ndarray, np.ndarray]:
+    """(error, end map, frames) of a committed unit, each payload checked against the
+    checksums its commit recorded; error names a payload that is gone or damaged ('' if none)."""
+    manifest = Manifest(dst, storage_options)
+    try:
+        key = end_map_key(unit_id)
+        end = manifest.get_arrays(key, checksums.get(key))["end_map"]
+        frames = manifest.get_arrays(unit_id, checksums.get(unit_id))["frames"] if with_frames else EMPTY
+    except PayloadError as exc:
+        return str(exc), EMPTY, EMPTY
+    return "", end, frames
+
+
+def replay_coords(dst: str, storage_options: dict | None, checksums: list[dict], unit_ids: list[str]) -> np.ndarray | None:
+    """The GP coordinates of the first frame of the unit after `unit_ids` (a shot's
+    committed units, in order), carried through their stored end maps as the run's scan
+    carried them; PayloadError if one is gone or damaged."""
+    manifest, coords = Manifest(dst, storage_options), None
+    for unit_id, sums in zip(unit_ids, checksums):
+        key = end_map_key(unit_id)
+        coords = rclip.advance(coords, manifest.get_arrays(key, sums.get(key))["end_map"])
+    return coords
 
 
 class UnitWorker:
@@ -112,29 +143,33 @@ class UnitWorker:
 
     @ray.method(num_returns=3)
     def flows(self, unit: dict, pixels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({'seconds_flow', 'error'}, flows (2, T−1, 2, h, w) float16 fwd/bwd, end map (2, h, w))."""
+        """({'seconds_flow', 'end_map_checksum', 'error'}, flows (2, T−1, 2, h, w) float16
+        fwd/bwd, end map (2, h, w))."""
         t0 = time.perf_counter()
         try:
             m = self._measure(unit, pixels)
             with torch.no_grad():
                 flows = torch.stack(rclip.flows(m, self.config, self.device)).half().cpu().numpy()
             end = rclip.end_map(torch.from_numpy(flows[1]).float(), m.grid)
-            self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
-            return {"seconds_flow": time.perf_counter() - t0, "error": ""}, flows, end
+            _, end_map_checksum = self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
+            return {"seconds_flow": time.perf_counter() - t0, "end_map_checksum": end_map_checksum, "error": ""}, flows, end
         except Exception as exc:  # noqa: BLE001
             return {"seconds_flow": time.perf_counter() - t0, "error": error_text("flow", exc)}, EMPTY, EMPTY
 
     @ray.method(num_returns=2)
     def sample(self, unit: dict, pixels: np.ndarray, flows: np.ndarray, first_coords: np.ndarray | None,
-               start_anchor: np.ndarray | None, end_anchor: np.ndarray | None, timing: dict) -> tuple[dict, np.ndarray]:
+               start_anchor: np.ndarray | None, end_anchor: np.ndarray | None, earlier: dict,
+               commit: str) -> tuple[dict, np.ndarray]:
         """Restore the unit; payload first, commit row last. Returns (the row, its frames).
 
         start_anchor / end_anchor: the neighbouring seams' frames (T, H, W, 3); the clip's
         first frame is the previous seam's last, its last frame the next seam's first.
-        timing: the decode and flow stages' {'started_at', 'seconds_decode', 'seconds_flow'}.
+        earlier: what the decode and flow stages reported ('started_at', 'seconds_decode',
+        'seconds_flow', 'end_map_checksum'). commit: the commit's name, one per dispatch,
+        so a retry of this call after a crash does not commit the unit twice.
         """
         t0 = t_sampled = time.perf_counter()
-        error, output, metrics, frames = "", "", {}, EMPTY
+        error, output, metrics, frames, checksums = "", "", {}, EMPTY, {}
         try:
             m = self._measure(unit, pixels)
             start = int(unit["start"])
@@ -146,36 +181,52 @@ class UnitWorker:
             )
             t_sampled = time.perf_counter()
             frames = restored[int(unit["out_start"]) - start : int(unit["out_stop"]) - start]
-            output = self.manifest.put_arrays(unit["id"], frames=frames)
+            output, checksums[unit["id"]] = self.manifest.put_arrays(unit["id"], frames=frames)
+            checksums[end_map_key(unit["id"])] = earlier["end_map_checksum"]
             metrics = {"measurement_error": m.op.measurement_error(frames_to_tensor(restored), m.y)}
         except Exception as exc:  # noqa: BLE001
             error = error_text("sample", exc)
         row = progress_row(
             unit, self.attempt, status="failed" if error else "done", frames=0 if error else int(unit["frames"]),
-            started_at=timing["started_at"], finished_at=time.time(), seconds_decode=timing["seconds_decode"],
-            seconds_flow=timing["seconds_flow"], seconds_sample=t_sampled - t0,
+            started_at=earlier["started_at"], finished_at=time.time(), seconds_decode=earlier["seconds_decode"],
+            seconds_flow=earlier["seconds_flow"], seconds_sample=t_sampled - t0,
             seconds_write=time.perf_counter() - t_sampled if output else 0.0, metrics=metrics, error=error, output=output,
+            checksums=checksums,
         )
-        self.manifest.append_progress([row])  # the commit record, after the payload
+        self.manifest.append_progress([row], name=commit)  # the commit record, after the payload
         telemetry.record(row)
         return row, frames if unit["kind"] == "seam" else EMPTY  # a seam's frames anchor its clips
 
 
-def encode_units(video: dict, unit_ids: list[str], dst: str, storage_options: dict | None, attempt: int) -> dict:
-    """Assemble the video from its units' payloads (`unit_ids` in output order) and encode
-    it to `video['output']`; commits the video's row. Streams unit by unit: a film's
-    frames never sit in memory at once."""
+def encode_units(video: dict, units: list[tuple[str, str | None]], dst: str, storage_options: dict | None,
+                 attempt: int) -> dict:
+    """Assemble the video from its units' payloads (`units`: (id, frames checksum) in
+    output order) and encode it to `video['output']`; commits the video's row. Streams
+    unit by unit: a film's frames never sit in memory at once.
+
+    A payload that is gone or damaged stops the encode before anything is written to the
+    output, and commits nothing: the result {'status': 'redo', 'unit', 'error'} tells
+    the driver which unit to recompute."""
     manifest = Manifest(dst, storage_options)
     started = time.time()
     row = {"id": video["video_id"], "video_id": video["video_id"], "uri": video["uri"], "kind": "video",
            "attempt": attempt, "node": os.uname().nodename, "started_at": started}
+    reading = {}
+
+    def frames():
+        for uid, expected in units:
+            reading["unit"] = uid
+            yield from manifest.get_arrays(uid, expected)["frames"]
+
     try:
-        frames = (f for uid in unit_ids for f in manifest.get_arrays(uid)["frames"])
-        count = encode_frames(frames, video["output"], Fraction(int(video["fps_num"]), int(video["fps_den"])),
-                              storage_options, audio_source=video["uri"] if video.get("has_audio") else None)
-        if count != int(video["frames"]):
-            raise RuntimeError(f"assembled {count} frames, the source has {video['frames']}")
-        row.update(status="done", frames=count, output=video["output"], error="")
+        encoded = encode_frames(frames(), video["output"], Fraction(int(video["fps_num"]), int(video["fps_den"])),
+                                storage_options, audio_source=video["uri"] if video.get("has_audio") else None)
+        if encoded.frames != int(video["frames"]):
+            raise RuntimeError(f"assembled {encoded.frames} frames, the source has {video['frames']}")
+        row.update(status="done", frames=encoded.frames, output=video["output"], error="",
+                   checksums={video["output"]: encoded.sha256}, output_bytes=encoded.bytes)
+    except PayloadError as exc:
+        return {"status": "redo", "unit": reading["unit"], "uri": video["uri"], "error": str(exc)}
     except Exception as exc:  # noqa: BLE001
         row.update(status="failed", frames=0, output="", error=error_text("encode", exc))
     row["finished_at"] = time.time()
