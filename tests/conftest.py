@@ -64,7 +64,7 @@ def local_ray():
     from raywarp.pipeline.config import RunConfig
     from raywarp.pipeline.run import local_system_config
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              _system_config=local_system_config(RunConfig(max_actors=1)))
     yield
     ray.shutdown()

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 import torch.nn.functional as F
 
 from raywarp import inverse, synthetic
 from raywarp.cli import main as cli_main
 from raywarp.models import geometry, tiny_latent_pipeline
-from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.manifest import Manifest
-from raywarp.pipeline.run import local_system_config
 from raywarp.pipeline.source import probe
 from videos import write_lossless
 
@@ -37,12 +34,7 @@ FRAMES = 8
 LAYOUT = ["--clip-len", "5", "--overlap", "1", "--steps", "2", "--max-actors", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config=local_system_config(RunConfig(max_actors=1)))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")

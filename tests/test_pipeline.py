@@ -7,6 +7,7 @@ whose outputs are meaningful enough for warping errors to compare.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,19 @@ def test_a_run_that_raises_frees_its_actors(archive, tiny_model, tmp_path, monke
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2, raised.traceback
+
+
+def test_actors_that_cannot_start_stop_the_run_with_their_error(archive, tiny_model, tmp_path):
+    """A model that loads nowhere (its weights damaged after the driver checked it): the
+    actors die starting, and after three the run stops, saying why, instead of waiting."""
+    from raywarp.pipeline.run import WorkerStartError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    for weights in model.rglob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(WorkerStartError, match=r"no worker actor could start \(3 tries\)"):
+        run(str(archive), str(tmp_path / "out"), small_config(str(model)), quiet=True)
 
 
 def test_cli_status_and_exit_code(finished_run, archive, tiny_model, capsys):

@@ -33,7 +33,7 @@ def metrics_port():
     """A local Ray exporting metrics on a free port, reported every second (not every 10 s).
     The metrics agent runs without the dashboard."""
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
              _system_config={**local_system_config(small_config("default")), "metrics_report_interval_ms": 1000})
     yield port
     ray.shutdown()

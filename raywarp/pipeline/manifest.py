@@ -10,13 +10,16 @@ see the same state::
     DST/_raywarp/progress/part-*.parquet        append-only: one file per commit (rows of clip/video attempts)
     DST/_raywarp/progress/checkpoint-<N>.parquet  every row of checkpoint N−1 and of the parts it names
     DST/_raywarp/payload/<key>.zip              arrays: frames as PNG (lossless), others as deflated .npy
+    DST/_raywarp/lease/                         which run writes DST now (raywarp.pipeline.lease)
 
 Commit protocol. S3 has no atomic rename, so nothing is ever moved into place:
 
 1. A unit writes its payload first, to a deterministic key (``payload/<key>.zip`` or the
    output video). A retry overwrites it with identical bytes, so a half-finished attempt
    leaves nothing a later one could trip over.
-2. The commit record comes last: a progress row with status 'done' (or 'failed').
+2. The commit record comes last: a progress row with status 'done' (or 'failed'), with
+   the sha256 of every payload it commits; reads check it (``get_arrays(key, expected)``),
+   so a payload lost or damaged in storage is found before it is used.
    Progress is append-only: every ``append_progress`` call PUTs one new part file with a
    unique name; no part file is ever rewritten, so concurrent writers never race.
 3. The state of a unit is its latest progress row (by ``finished_at``). A unit whose

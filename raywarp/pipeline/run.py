@@ -58,7 +58,7 @@ from raywarp.pipeline.lease import Lease
 from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest, commit_name
 from raywarp.pipeline.progress import Progress
 from raywarp.pipeline.source import VideoError, filesystem, list_videos, probe
-from raywarp.pipeline.stages import UnitWorker, error_text, progress_row, unit_checksums
+from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row, unit_checksums
 
 decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
 advance_coords = ray.remote(rclip.advance)
@@ -68,6 +68,7 @@ encode_units = ray.remote(stages.encode_units)
 TICK_SECONDS = 5.0  # the driver's wait between progress updates when nothing finishes
 ACTOR_WAIT_SECONDS = 60.0  # no worker actor started by then: say what the run is waiting for
 MAX_FAILED_STARTS = 3  # worker actors that died starting, none having started: the run stops
+MAX_UNIT_RETRIES = 2  # a unit whose task is lost with its worker or node is started over this often
 
 
 class WorkerStartError(RuntimeError):
@@ -180,6 +181,7 @@ class _Unit:
     checksums: dict = field(default_factory=dict)  # of its committed payloads, from its commit row
     loading: bool = False  # committed earlier: its payloads are being read back and verified
     error: str = ""  # why it failed
+    retries: int = 0  # times it was started over after its task was lost
     pixels: ray.ObjectRef | None = None
     earlier: dict = field(default_factory=dict)  # what its decode and flow stages reported
     flows: ray.ObjectRef | None = None
@@ -253,6 +255,7 @@ class _Stream:
         self.waiting: dict[ray.ObjectRef, tuple] = {ref: ("actor", a) for ref, a in pool.starting.items()}
         self.window = 4 * config.max_actors + 2  # open units: enough to feed every actor, bounded memory
         self.started, self.said_no_actor = time.monotonic(), False
+        self.encodes = dict.fromkeys(self.videos, 0)  # encode tasks submitted per video
         self.commits = 0
         for key, chain in self.chains.items():
             self._load_committed(chain)
@@ -304,13 +307,39 @@ class _Stream:
         self.pending.appendleft(u)
         key = _chain_key(u.row)
         chain = self.chains[key]
-        if 0 < u.index < self.cursor[key] and u.coords is None:  # its coordinates were let go: replay the chain
-            u.has_coords = False
-            u.coords = self._light(replay_coords).remote(self.manifest.dst, self.options,
-                                                         [c.checksums for c in chain[: u.index]],
-                                                         [c.row["id"] for c in chain[: u.index]])
-            self._wait(u.coords, "coords", u)
+        if 0 < u.index < self.cursor[key] and u.coords is None:  # its coordinates were let go
+            self._replay_coords(u)
         self._load_committed(chain)  # it may need what nothing needed before
+
+    def _replay_coords(self, u: _Unit) -> None:
+        """Compute `u`'s coordinates again from the stored end maps of the units before it
+        (every one has flowed, or `u` would have no coordinates yet)."""
+        chain = self.chains[_chain_key(u.row)]
+        end_maps = [(c.row["id"], c.checksums.get(end_map_key(c.row["id"])) or c.earlier.get("end_map_checksum"))
+                    for c in chain[: u.index]]
+        u.has_coords = False
+        u.coords = self._light(replay_coords).remote(self.manifest.dst, self.options, end_maps)
+        self._wait(u.coords, "coords", u)
+
+    def _restart(self, u: _Unit, error: str) -> None:
+        """A unit's task was lost with its worker (a process killed, a node gone): start the
+        unit over from its decode. What it was handed may have been lost with the node
+        too, so its coordinates are replayed from stored end maps and its anchors'
+        frames read back from their payloads."""
+        u.retries += 1
+        self.progress.message(f"retrying {u.row['kind']} {u.row['start']}-{u.row['stop']} of {u.row['uri']}: {error}")
+        key = _chain_key(u.row)
+        if u.index < self.cursor[key]:
+            u.end_map = None  # the scan took it already; the new one is not needed
+        if u.index > 0 and u.has_coords:
+            self._replay_coords(u)
+        for seam in self._anchors(u):
+            if seam is not None and seam.state == "done":
+                seam.frames = None
+        self._load_committed(self.chains[key])
+        u.pixels, info = self._light(decode_unit).remote(u.row, self.options)
+        u.flows, u.state = None, "decoding"
+        self._wait(info, "decoded", u)
 
     def _extend_coords(self, key: tuple) -> None:
         """Submit the coordinate scan of a shot as far as good end maps exist. The cursor
@@ -418,6 +447,7 @@ class _Stream:
         video, chain = self.videos[vid], self.of_video[vid]
         failed = [u for u in chain if u.state == "failed"]
         if not failed:
+            self.encodes[vid] += 1
             units = [(u.row["id"], u.checksums.get(u.row["id"])) for u in sorted(chain, key=lambda u: u.row["out_start"])]
             self._wait(self._light(encode_units).remote(video, units, self.manifest.dst, self.options, self.attempt),
                        "encoded", video)
@@ -451,6 +481,17 @@ class _Stream:
             pool.idle.append(actor)
         if isinstance(subject, _Unit) and subject.state == "failed":  # failed meanwhile, as a dependent
             return
+        lost = isinstance(result, dict) and result.get("crashed")
+        if lost and what == "encoded" and self.encodes[subject["video_id"]] <= MAX_UNIT_RETRIES:
+            self._finish_video(subject["video_id"])  # its encoder's worker or node was lost: encode it again
+            return
+        if lost and what in ("decoded", "flowed", "sampled", "coords") and subject.retries < MAX_UNIT_RETRIES:
+            if what == "coords":
+                subject.retries += 1
+                self._replay_coords(subject)
+            else:
+                self._restart(subject, result["error"])
+            return
         if what == "actor":
             pool.idle.append(subject)
             pool.started_any = True
@@ -478,7 +519,10 @@ class _Stream:
                 self._fail(subject, result["error"], coords_broken=True)
             else:
                 subject.state = "flowed"
-                self._extend_coords(_chain_key(subject.row))
+                key = _chain_key(subject.row)
+                if subject.index < self.cursor[key]:  # flowed again after a restart: the scan is past it
+                    subject.end_map = None
+                self._extend_coords(key)
         elif what == "coords":
             if isinstance(result, dict):  # the task crashed
                 self._fail(subject, result["error"], coords_broken=True)
@@ -612,7 +656,8 @@ def _init_ray(config: RunConfig, address: str | None, verbose: bool, credentials
         # One logical CPU more than the machine has, for the light decode/encode/coordinate
         # tasks: the worker actors may then take every core (the defaults, 2 actors × 1 CPU,
         # would otherwise leave no CPU to decode with on 2 cores, and the run would stall).
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
+        # address="local": a new cluster, never one a `ray start` on this machine left its address for.
+        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
                  _system_config=local_system_config(config), **quiet)
     if threading.current_thread() is threading.main_thread():
         # Ray's core worker puts a crash handler on SIGTERM that aborts the process, so no

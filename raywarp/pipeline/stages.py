@@ -96,14 +96,14 @@ def load_unit(dst: str, storage_options: dict | None, unit_id: str, checksums: d
     return "", end, frames
 
 
-def replay_coords(dst: str, storage_options: dict | None, checksums: list[dict], unit_ids: list[str]) -> np.ndarray | None:
-    """The GP coordinates of the first frame of the unit after `unit_ids` (a shot's
-    committed units, in order), carried through their stored end maps as the run's scan
-    carried them; PayloadError if one is gone or damaged."""
+def replay_coords(dst: str, storage_options: dict | None, end_maps: list[tuple[str, str | None]]) -> np.ndarray | None:
+    """The GP coordinates of the first frame of the unit after the units of `end_maps`
+    ((unit id, end map checksum) of a shot's first units, in order), carried through
+    their stored end maps as the run's scan carried them; PayloadError if one is gone
+    or damaged."""
     manifest, coords = Manifest(dst, storage_options), None
-    for unit_id, sums in zip(unit_ids, checksums):
-        key = end_map_key(unit_id)
-        coords = rclip.advance(coords, manifest.get_arrays(key, sums.get(key))["end_map"])
+    for unit_id, expected in end_maps:
+        coords = rclip.advance(coords, manifest.get_arrays(end_map_key(unit_id), expected)["end_map"])
     return coords
 
 
