@@ -15,6 +15,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import ray
@@ -61,6 +62,9 @@ def archive(tmp_path_factory) -> Path:
     write_video(root / "nested" / "odd.mp4", "astronaut", 9, (11, 13), angle_deg=2.0)
     (root / "broken.mp4").write_bytes(os.urandom(5000))
     (root / "empty.mov").write_bytes(b"")
+    (root / "photo.mp4").write_bytes(cv2.imencode(".png", frames_u8("rocket", 1, (16, 16))[0])[1].tobytes())  # renamed
+    (root / "notes.txt").write_text("not a video")  # files that are not taken: each named, with why
+    (root / "nested" / "music.m4a").write_bytes(b"")
     return root
 
 
@@ -78,8 +82,12 @@ def finished_run(archive, tiny_model, tmp_path_factory):
 def test_every_good_video_is_restored_and_bad_ones_are_reported(finished_run, archive):
     dst, summary = finished_run
     assert sorted(Path(u).name for u in summary.videos_done) == ["long.mp4", "odd.mp4", "short.mp4"]
-    assert sorted(Path(u).name for u in summary.videos_failed) == ["broken.mp4", "cut.mp4", "empty.mov"]
+    assert sorted(Path(u).name for u in summary.videos_failed) == ["broken.mp4", "cut.mp4", "empty.mov", "photo.mp4"]
     assert "empty" in summary.videos_failed[str(archive / "empty.mov")]
+    assert "a still image (png), not a video" in summary.videos_failed[str(archive / "photo.mp4")]
+    not_taken = {Path(r["uri"]).name: r["reason"] for r in Manifest(str(dst)).read_table("skipped").to_pylist()}
+    assert not_taken == {"notes.txt": "not a video file (.txt)", "music.m4a": "an audio file (.m4a): no video to restore"}
+    assert sorted(Path(u).name for u in summary.skipped) == ["music.m4a", "notes.txt"]
     for name, src in [("long", archive / "long.mp4"), ("short", archive / "short.mp4"), ("nested/odd", archive / "nested" / "odd.mp4")]:
         a, b = probe(str(src)), probe(str(dst / f"{name}.mp4"))
         assert b["frames"] == a["frames"]
@@ -108,11 +116,11 @@ def test_manifest_has_a_row_for_every_unit_and_video(finished_run):
     for e in errors.values():
         assert e.startswith("decode:") or any(f"needs unit {other}" in e for other in errors), e
     videos = [r for r in latest.values() if r["kind"] == "video"]
-    assert sorted(r["status"] for r in videos) == ["done"] * 3 + ["failed"] * 3
+    assert sorted(r["status"] for r in videos) == ["done"] * 3 + ["failed"] * 4
     status = manifest.status()
     failed = len(cut) - first
     assert (status["clips_done"], status["clips_failed"], status["clips_pending"], status["videos_failed"]) == (
-        len(plan) - failed, failed, 0, 3)
+        len(plan) - failed, failed, 0, 4)
 
 
 def test_videos_stream_out_while_others_are_processed(finished_run):
@@ -179,10 +187,10 @@ def test_cli_status_and_exit_code(finished_run, archive, tiny_model, capsys):
     dst, _ = finished_run
     assert cli_main(["status", str(dst)]) == 0
     out = capsys.readouterr().out
-    assert "videos: 3 done, 3 failed, 0 pending" in out and "cut.mp4" in out  # the latest errors
+    assert "videos: 3 done, 4 failed, 0 pending" in out and "cut.mp4" in out  # the latest errors
     code = cli_main(["run", str(archive), "--out", str(dst), "--task", "sr", "--model", tiny_model, "--mode", "warped",
                      "--clip-len", "7", "--overlap", "2", "--steps", "3", "--max-actors", "1"])
-    assert code == 1  # three bad inputs
+    assert code == 1  # four bad inputs
     assert cli_main(["run", str(archive), "--out", str(dst), "--model", "some-org/some-model"]) == 2
 
 

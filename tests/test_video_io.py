@@ -230,6 +230,34 @@ def test_probe_rejects_files_without_video_frames(tmp_path):
         probe(str(sound))
 
 
+def test_a_still_image_or_an_audio_file_named_like_a_video_is_refused(tmp_path):
+    """A photograph renamed .mp4 is not "restored" as a one-frame video, and an audio
+    file with cover art (a one-picture video stream) is not a video either."""
+    import cv2
+    from skimage import data
+
+    still = tmp_path / "photo.mp4"
+    still.write_bytes(cv2.imencode(".png", data.astronaut()[:64, :64, ::-1])[1].tobytes())
+    with pytest.raises(VideoError, match=rf"^{still}: a still image \(png\), not a video"):
+        probe(str(still))
+    song = tmp_path / "song.m4a"
+    with av.open(str(song), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=8000)
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24").reformat(format="yuvj420p")
+        for packet in cover.encode(picture):
+            out.mux(packet)
+        out.mux(cover.encode(None))
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        samples.sample_rate, samples.pts = 8000, 0
+        out.mux(audio.encode(samples))
+        out.mux(audio.encode(None))
+    with pytest.raises(VideoError, match=rf"^{song}: not a video"):
+        probe(str(song))
+
+
 def test_truncated_videos_fail_with_a_clear_reason(tmp_path, video, reference, frames):
     data = open(video, "rb").read()
     # Index at the front (what encode_video writes): the header survives a cut.
@@ -438,7 +466,7 @@ def test_encode_rejects_empty_and_inconsistent_frames(tmp_path, frames):
 @pytest.fixture
 def tree(tmp_path):
     """A folder of (empty) files: listing looks at names only."""
-    for name in ["b.mp4", "a.MOV", "sub/c.mkv", "sub/deeper/d.webm", "notes.txt", "sub/e.srt"]:
+    for name in ["b.mp4", "a.MOV", "sub/c.mkv", "sub/deeper/d.webm", "notes.txt", "sub/e.srt", "music.m4a", "still.png"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
     return tmp_path
@@ -446,14 +474,21 @@ def tree(tmp_path):
 
 def test_list_a_directory_recursively_by_extension(tree):
     expected = [str(tree / n) for n in ["a.MOV", "b.mp4", "sub/c.mkv", "sub/deeper/d.webm"]]
-    assert list_videos(str(tree)) == expected
+    listing = list_videos(str(tree))
+    assert listing.videos == expected
+    # Every other file is named with the reason it was not taken.
+    assert listing.skipped == {str(tree / "notes.txt"): "not a video file (.txt)",
+                               str(tree / "sub/e.srt"): "not a video file (.srt)",
+                               str(tree / "music.m4a"): "an audio file (.m4a): no video to restore",
+                               str(tree / "still.png"): "a still image (.png): raywarp restores videos, not single "
+                                                        "images or image sequences"}
     # Storage options are for remote filesystems; a local source ignores them.
-    assert list_videos(str(tree), {"key": "k", "secret": "s"}) == expected
+    assert list_videos(str(tree), {"key": "k", "secret": "s"}).videos == expected
 
 
 def test_list_a_glob_keeps_every_match(tree):
-    assert list_videos(str(tree / "sub" / "*")) == [str(tree / "sub" / n) for n in ["c.mkv", "e.srt"]]
-    assert list_videos(str(tree / "**" / "*.mkv")) == [str(tree / "sub" / "c.mkv")]
+    assert list_videos(str(tree / "sub" / "*")).videos == [str(tree / "sub" / n) for n in ["c.mkv", "e.srt"]]
+    assert list_videos(str(tree / "**" / "*.mkv")).videos == [str(tree / "sub" / "c.mkv")]
 
 
 def test_list_a_list_file(tree, monkeypatch):
@@ -461,13 +496,13 @@ def test_list_a_list_file(tree, monkeypatch):
     (tree / "lists" / "videos.lst").write_text(
         "# one URI per line\n\n../b.mp4\n  ../sub/c.mkv  \ns3://bucket/k/x.mp4\n/abs/y.mov\n# ../a.MOV\n")
     monkeypatch.chdir(tree / "sub" / "deeper")  # relative entries follow the list file, not the cwd
-    assert list_videos(str(tree / "lists" / "videos.lst")) == sorted(
+    assert list_videos(str(tree / "lists" / "videos.lst")).videos == sorted(
         [str(tree / "b.mp4"), str(tree / "sub" / "c.mkv"), "s3://bucket/k/x.mp4", "/abs/y.mov"])
 
 
 def test_list_a_single_file_as_an_absolute_path(tree, monkeypatch):
     monkeypatch.chdir(tree)
-    assert list_videos("sub/c.mkv") == [str(tree / "sub" / "c.mkv")]
+    assert list_videos("sub/c.mkv").videos == [str(tree / "sub" / "c.mkv")]
 
 
 def test_storage_options_go_to_remote_filesystems_only(tmp_path):
@@ -496,10 +531,11 @@ def test_s3_list_probe_decode_encode(s3_bucket, video, reference, frames):
     fs = s3fs.S3FileSystem(**options)
     fs.put_file(video, f"{bucket}/in/day1/coffee.mp4")
     fs.pipe_file(f"{bucket}/in/readme.txt", b"not a video")
-    assert list_videos(f"s3://{bucket}/in", options) == [f"s3://{bucket}/in/day1/coffee.mp4"]
-    uri, = list_videos(f"s3://{bucket}/in/*/*.mp4", options)
+    listing = list_videos(f"s3://{bucket}/in", options)
+    assert listing == ([f"s3://{bucket}/in/day1/coffee.mp4"], {f"s3://{bucket}/in/readme.txt": "not a video file (.txt)"})
+    uri, = list_videos(f"s3://{bucket}/in/*/*.mp4", options).videos
     fs.pipe_file(f"{bucket}/lists/todo.txt", b"# relative to the list\n../in/day1/coffee.mp4\n")
-    assert list_videos(f"s3://{bucket}/lists/todo.txt", options) == [uri]
+    assert list_videos(f"s3://{bucket}/lists/todo.txt", options).videos == [uri]
 
     info = probe(uri, options)
     assert (info["frames"], info["width"], info["height"]) == (FRAMES, 64, 48)

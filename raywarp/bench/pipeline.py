@@ -61,7 +61,7 @@ def plain_loop(src: str, dst: str, config: RunConfig) -> None:
     manifest = Manifest(dst)
     attempt = manifest.start_run(config.to_dict(), config.hash())
     worker = UnitWorker(config.to_dict(), dst, None, attempt)
-    uris = list_videos(src)
+    uris = list_videos(src).videos
     for uri, output in output_uris(dst, uris).items():
         video = probe(uri)
         video["video_id"] = rplan.video_id(uri, video["fingerprint"], config.hash())

@@ -7,6 +7,7 @@ see the same state::
     DST/_raywarp/run.json                 config + config_hash + created_at + attempts (start times)
     DST/_raywarp/videos.parquet           probe table: one row per source video
     DST/_raywarp/clips.parquet            plan table: one row per unit of work (id, frames, ...)
+    DST/_raywarp/skipped.parquet          files under SRC not taken as videos, and why
     DST/_raywarp/progress/part-*.parquet        append-only: one file per commit (rows of clip/video attempts)
     DST/_raywarp/progress/checkpoint-<N>.parquet  every row of checkpoint N−1 and of the parts it names
     DST/_raywarp/payload/<key>.zip              arrays: frames as PNG (lossless), others as deflated .npy
@@ -87,7 +88,7 @@ PROGRESS_SCHEMA = pa.schema([
 PROGRESS_REQUIRED = ("id", "kind", "status", "attempt", "finished_at")
 KINDS = ("seam", "clip", "video")
 STATUSES = ("done", "failed")
-TABLES = ("videos", "shots", "clips")
+TABLES = ("videos", "shots", "clips", "skipped")
 
 # A fixed zip member date keeps payload bytes a function of the arrays alone.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)

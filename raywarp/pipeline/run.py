@@ -47,6 +47,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import ray
 
 from raywarp.pipeline import clip as rclip
@@ -57,7 +58,7 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.lease import Lease
 from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest, commit_name
 from raywarp.pipeline.progress import Progress
-from raywarp.pipeline.source import VideoError, filesystem, list_videos, probe
+from raywarp.pipeline.source import Listing, VideoError, filesystem, list_videos, probe
 from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row, unit_checksums
 
 decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
@@ -68,6 +69,8 @@ encode_units = ray.remote(stages.encode_units)
 TICK_SECONDS = 5.0  # the driver's wait between progress updates when nothing finishes
 ACTOR_WAIT_SECONDS = 60.0  # no worker actor started by then: say what the run is waiting for
 MAX_FAILED_STARTS = 3  # worker actors that died starting, none having started: the run stops
+SKIPPED_SHOWN = 5  # files not taken that the run names in its output (the manifest holds them all)
+SKIPPED_SCHEMA = pa.schema([("uri", pa.string()), ("reason", pa.string())])
 MAX_UNIT_RETRIES = 2  # a unit whose task is lost with its worker or node is started over this often
 
 
@@ -83,6 +86,7 @@ class RunSummary:
     videos_failed: dict[str, str] = field(default_factory=dict)  # uri → reason
     units_computed: int = 0
     units_skipped: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # files under SRC not taken as videos → why
     seconds: float = 0.0
     ray_logs: str = ""  # where Ray's own output went (the embedded cluster's session logs)
 
@@ -94,6 +98,9 @@ class RunSummary:
         lines = [f"{len(self.videos_done)} videos done, {len(self.videos_failed)} failed; "
                  f"{self.units_computed} units computed, {self.units_skipped} already committed; "
                  f"{self.seconds:.1f} s; outputs in {self.dst}"]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} files under the source not taken (not videos; listed in "
+                         f"{self.dst}/_raywarp/skipped.parquet)")
         lines += [f"  FAILED {uri}: {reason}" for uri, reason in self.videos_failed.items()]
         if self.ray_logs:
             lines.append(f"Ray's logs: {self.ray_logs}")
@@ -602,7 +609,7 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
     session's log folder unless `verbose`. Uses the caller's Ray if it started one,
     else connects to `address` or starts an embedded local Ray for the run."""
     started = time.perf_counter()
-    uris = list_videos(src, storage_options)  # first: a missing source is refused before anything is written or started
+    listing = list_videos(src, storage_options)  # first: a missing source is refused before anything is written or started
     manifest = Manifest(dst, storage_options)
     options, credentials = split_credentials(storage_options)
     with contextlib.ExitStack() as held:  # let go in reverse: the actors, Ray, the lease
@@ -614,7 +621,7 @@ def run(src: str, dst: str, config: RunConfig, storage_options: dict | None = No
             held.callback(ray.shutdown)
         pool = _Pool(config, manifest.dst, options, attempt)  # first: models load while probing
         held.callback(pool.close)
-        summary = _run(pool, lease, uris, dst, config, options, manifest, attempt, quiet)
+        summary = _run(pool, lease, listing, dst, config, options, manifest, attempt, quiet)
         if embedded and not address:
             summary.ray_logs = os.path.join(_session_dir(), "logs")
     summary.seconds = time.perf_counter() - started
@@ -720,9 +727,10 @@ def _outputs_lost(videos: list[dict], done: dict[str, dict], storage_options) ->
         return [(v, problem) for v, problem in zip(committed, pool.map(check, committed)) if problem]
 
 
-def _run(pool: _Pool, lease: Lease, uris, dst, config, storage_options, manifest: Manifest, attempt: int,
+def _run(pool: _Pool, lease: Lease, listing: Listing, dst, config, storage_options, manifest: Manifest, attempt: int,
          quiet: bool) -> RunSummary:
-    summary = RunSummary(dst)
+    summary = RunSummary(dst, skipped=listing.skipped)
+    uris = listing.videos
     # Light tasks, like decode: the pool's actors (started above) may hold most CPUs.
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
@@ -748,6 +756,8 @@ def _run(pool: _Pool, lease: Lease, uris, dst, config, storage_options, manifest
                                     "frames": b - a, "content": content}
                                    for v in videos for k, (a, b, content) in enumerate(shots[v["video_id"]])])
     manifest.write_table("clips", units)
+    manifest.write_table("skipped", [{"uri": uri, "reason": reason} for uri, reason in listing.skipped.items()],
+                         schema=SKIPPED_SCHEMA)
     for vid, uri, error in bad:  # a video that cannot be used gets its row now; the others go on
         row = _failed_video_row(vid, uri, error, attempt)
         manifest.append_progress([row])
@@ -771,6 +781,11 @@ def _run(pool: _Pool, lease: Lease, uris, dst, config, storage_options, manifest
                      f"({len(bad)} unusable); manifest in {manifest.root}")
     for uri, error in summary.videos_failed.items():
         progress.message(f"failed {uri}: {error}")
+    for uri, reason in list(listing.skipped.items())[:SKIPPED_SHOWN]:
+        progress.message(f"not taken {uri}: {reason}")
+    if len(listing.skipped) > SKIPPED_SHOWN:
+        progress.message(f"... and {len(listing.skipped) - SKIPPED_SHOWN} more files not taken "
+                         f"(all in {manifest.uri('skipped.parquet')})")
     for v in videos:
         if v["not_copied"]:
             progress.message(f"{v['uri']}: not copied to the output: {v['not_copied']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 import fsspec
@@ -12,6 +13,29 @@ from fsspec.implementations.local import LocalFileSystem
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "avi", "webm", "m4v", "mpg", "mpeg", "ts", "wmv", "flv"})
 LIST_EXTENSIONS = frozenset({"txt", "lst", "list"})
+AUDIO_EXTENSIONS = frozenset({"m4a", "mp3", "wav", "flac", "aac", "ogg", "oga", "opus", "wma", "aif", "aiff"})
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp", "gif", "exr", "dpx", "heic"})
+# Codecs of still pictures: a "video" of one such frame is an image (or an audio file's
+# cover art), not footage.
+STILL_CODECS = frozenset({"png", "mjpeg", "jpegls", "bmp", "tiff", "webp", "gif", "jpeg2000", "ppm", "pgm", "exr", "dpx"})
+
+
+class Listing(NamedTuple):
+    """What a source names: the videos taken (sorted URIs), and every other file met in
+    a directory with why it was not taken ({URI: reason})."""
+
+    videos: list[str]
+    skipped: dict[str, str]
+
+
+def not_taken_reason(path: str) -> str:
+    """Why a file met in a directory is not taken as a video."""
+    ext = _extension(path)
+    if ext in AUDIO_EXTENSIONS:
+        return f"an audio file (.{ext}): no video to restore"
+    if ext in IMAGE_EXTENSIONS:
+        return f"a still image (.{ext}): raywarp restores videos, not single images or image sequences"
+    return f"not a video file ({'.' + ext if ext else 'no extension'})"
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 
@@ -61,30 +85,38 @@ def _read_list(fs, path: str) -> list[str]:
     return entries
 
 
-def list_videos(src: str, storage_options: dict | None = None) -> list[str]:
-    """Sorted, de-duplicated absolute URIs of the videos that `src` names.
+def list_videos(src: str, storage_options: dict | None = None) -> Listing:
+    """The videos that `src` names (sorted, de-duplicated absolute URIs), and the files
+    of a directory it does not take, each with the reason.
 
     `src` is one of: a video file; a directory or prefix (searched recursively, kept
     by video extension); a glob (every matching file kept); a .txt/.lst/.list file
     of URIs. Raises FileNotFoundError when `src` does not exist or yields nothing.
     """
     fs, path = filesystem(src, storage_options)
+    skipped = {}
     if any(c in path for c in "*?["):
         found = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
     elif fs.isdir(path):
-        found = [p for p in fs.find(path) if _extension(p) in VIDEO_EXTENSIONS]
+        found = []
+        for p in fs.find(path):
+            if _extension(p) in VIDEO_EXTENSIONS:
+                found.append(p)
+            else:
+                skipped[_to_uri(fs, p)] = not_taken_reason(p)
     elif fs.isfile(path):
         if _extension(path) in LIST_EXTENSIONS:
             uris = _read_list(fs, path)
             if not uris:
                 raise FileNotFoundError(f"{src}: list file names no videos")
-            return sorted(set(uris))
+            return Listing(sorted(set(uris)), {})
         found = [path]
     else:
         raise FileNotFoundError(f"{src}: no such file, directory or prefix")
     if not found:
-        raise FileNotFoundError(f"{src}: no videos found")
-    return sorted({_to_uri(fs, p) for p in found})
+        reasons = "; ".join(f"{posixpath.basename(u)}: {r}" for u, r in list(skipped.items())[:3])
+        raise FileNotFoundError(f"{src}: no videos found" + (f" ({reasons})" if reasons else ""))
+    return Listing(sorted({_to_uri(fs, p) for p in found}), skipped)
 
 
 def _fingerprint(info: dict) -> str:
@@ -161,6 +193,8 @@ def probe(uri: str, storage_options: dict | None = None) -> dict:
             if not container.streams.video:
                 raise VideoError(uri, "not a video (no video stream)")
             stream = container.streams.video[0]
+            if stream.disposition & av.stream.Disposition.attached_pic:
+                raise VideoError(uri, "not a video: an audio file with a cover picture")
             packets = container.demux(stream)
             try:
                 first, consumed = _decode_first(packets)
@@ -173,6 +207,9 @@ def probe(uri: str, storage_options: dict | None = None) -> dict:
                 raise VideoError(uri, f"corrupt video data ({err})") from err
             if frames == 0:
                 raise VideoError(uri, "no video frames")
+            if frames == 1 and stream.codec_context.name in STILL_CODECS:
+                raise VideoError(uri, f"a still image ({stream.codec_context.name}), not a video: raywarp restores "
+                                      "videos (an image has no motion for warped sampling to use)")
             if first is None:
                 raise VideoError(uri, "first frame does not decode (decoder returned no frame)")
             fps = stream.average_rate or stream.guessed_rate
