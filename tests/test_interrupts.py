@@ -49,10 +49,10 @@ def alive(pid: int) -> bool:
 def test_a_signal_stops_the_run_cleanly_and_the_rerun_resumes(how, tiny_model, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    write_video(src / "a.mp4", "coffee", 25, (16, 16), shift=(1.0, 0.0))
+    write_video(src / "a.mp4", "coffee", 19, (16, 16), shift=(1.0, 0.0))
     dst = tmp_path / "out"
     command = [sys.executable, "-m", "raywarp.cli", "run", str(src), "--out", str(dst), "--task", "sr", "--model",
-               tiny_model, "--mode", "warped", "--clip-len", "7", "--overlap", "2", "--steps", "8", "--max-actors", "1"]
+               tiny_model, "--mode", "warped", "--clip-len", "7", "--overlap", "2", "--steps", "4", "--max-actors", "1"]
     proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     manifest = Manifest(str(dst))
