@@ -82,7 +82,8 @@ def benchmark(args) -> list[dict]:
             for mode, method in variants:
                 cfg = SamplerConfig(mode=mode, steps=args.steps, guidance=args.guidance, strength=args.strength,
                                     guidance_method=method or "gradient", guidance_schedule=args.guidance_schedule,
-                                    length_scale=spec.get("length_scale", SamplerConfig.length_scale), batch_size=args.frames)
+                                    length_scale=spec.get("length_scale", SamplerConfig.length_scale), batch_size=args.frames,
+                                    reestimate_flow_at=args.reestimate_flow_at)
                 start = time.perf_counter()
                 out = sample_clip(denoiser, op, y, fwd, bwd, seed=args.seed, config=cfg).frames
                 seconds = (time.perf_counter() - start) / args.frames
@@ -134,6 +135,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--flow-from", choices=("baseline", "input"), default="baseline", help="SR: estimate on the baseline or the LR input")
     p.add_argument("--tasks", nargs="+", choices=("sr", "inpaint"), default=("sr", "inpaint"))
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    p.add_argument("--reestimate-flow-at", type=float, default=SamplerConfig.reestimate_flow_at,
+                   help="re-estimate self-guidance's flows on x̂0 after this fraction of the steps (0: never)")
     p.add_argument("--model", default="default")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
