@@ -247,5 +247,4 @@ def test_flows_reestimated_on_the_prediction_replace_wrong_ones():
         cfg = SamplerConfig(mode="warped", steps=8, reestimate_flow_at=at)
         out = sample_clip(prior, op, y, wrong, wrong, seed=0, config=cfg).frames
         errors[at] = float(metrics.warping_error(out, fwd, bwd))
-    print(errors)
     assert errors[0.5] < 0.8 * errors[0.0], errors
