@@ -56,6 +56,15 @@ def s3_bucket(s3_server):
     return name, s3_server
 
 
+@pytest.fixture(params=["local", "s3"])
+def dst(request, tmp_path):
+    """(DST, storage_options) for a fresh output location, local and on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "out"), None
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/out", options
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray for a module's pipeline runs, set up as an embedded run sets up its own."""

@@ -23,15 +23,6 @@ FAST = {"beat_seconds": 0.25, "timeout_seconds": 1.5}
 NO_SUCH_PID = 2**22 + 1  # above Linux's largest pid_max
 
 
-@pytest.fixture(params=["local", "s3"])
-def dst(request, tmp_path):
-    """(DST, storage_options) for a fresh output location."""
-    if request.param == "local":
-        return str(tmp_path / "out"), None
-    bucket, options = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/out", options
-
-
 def lease_files(dst) -> list[str]:
     return [n for n in Manifest(*dst).list_names("lease") if not n.startswith(".tmp-")]
 

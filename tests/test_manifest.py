@@ -25,15 +25,6 @@ from raywarp.pipeline.manifest import (
 CONFIG = {"model": "prior-v1", "steps": 20, "flow": {"iters": 12, "scale": 0.5}}
 
 
-@pytest.fixture(params=["local", "s3"])
-def dst(request, tmp_path):
-    """(DST, storage_options) for a fresh output location."""
-    if request.param == "local":
-        return str(tmp_path / "out"), None
-    bucket, options = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/out", options
-
-
 @pytest.fixture
 def manifest(dst):
     return Manifest(*dst)
