@@ -35,6 +35,7 @@ from raywarp.sampler import GUIDANCE_METHODS, MODES, SamplerConfig
 from raywarp.tensors import PRECISIONS
 
 DEFAULT_MODE = {"gp": "warped", "white": "white-warped"}  # by the noise the model was trained on
+REESTIMATE_FLOW_AT = {"inpaint": 0.5}  # by task; README "Which flow"
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +62,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--flow-from", choices=("baseline", "input"), default=defaults.flow_from,
                    help="SR: estimate motion on the bicubic baseline or on the low-resolution input")
+    p.add_argument("--reestimate-flow-at", type=float, default=None,
+                   help="re-estimate self-guidance's flows on the sampler's own prediction after this fraction of the "
+                        f"steps (0: never); default {REESTIMATE_FLOW_AT['inpaint']} for inpainting (measured: 3.85x "
+                        "instead of 3.2x less warping error than per-frame sampling), 0 otherwise (no gain for SR)")
     p.add_argument("--flow-method", choices=rflow.METHODS, default=defaults.flow_method,
                    help="optical flow estimator (DIS needs a side of at least 12 px on the model's grid)")
     p.add_argument("--shot-threshold", type=float, default=defaults.shot_threshold,
@@ -94,7 +99,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     sampler = SamplerConfig(mode=args.mode or DEFAULT_MODE[spec["noise"]], guidance_method=args.guidance_method,
                             steps=args.steps, guidance=args.guidance, strength=args.strength,
                             length_scale=spec.get("length_scale", SamplerConfig.length_scale),
-                            num_features=spec.get("num_features", SamplerConfig.num_features))
+                            num_features=spec.get("num_features", SamplerConfig.num_features),
+                            reestimate_flow_at=(args.reestimate_flow_at if args.reestimate_flow_at is not None
+                                                else REESTIMATE_FLOW_AT.get(args.task, 0.0)))
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
                      flow_method=args.flow_method, shot_threshold=args.shot_threshold, precision=args.precision,
