@@ -3,9 +3,10 @@
     python jobs/train_densifier.py                        # one CPU worker, local Ray
     ray job submit --working-dir . -- python jobs/train_densifier.py --workers 4 --use-gpu
 
-Each worker draws its own scenes (real photographs with exact affine flow, see
-raywarp.synthetic) and known-masks; gradients are averaged by DDP when there is more
-than one worker. The result is written as safetensors (never pickled) with a
+Each worker draws its own scenes (real photographs moving by affines, or with
+`--motions affine perspective` also as planes seen by a moving camera, by homographies;
+exact flow, see raywarp.synthetic) and known-masks; gradients are averaged by DDP when
+there is more than one worker. The result is written as safetensors (never pickled) with a
 Markdown note beside it holding the exact command and the final losses.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import ray
 import torch
 
-from raywarp import ray_train
+from raywarp import ray_train, synthetic
 from raywarp.densify.network import DEFAULT_WEIGHTS, DensifierUNet, load_densifier, save_densifier
 from raywarp.densify.training import TrainConfig, train_steps, training_batch
 
@@ -36,7 +37,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     progress = ray_train.Progress(cfg.iterations, "epe", lambda d: save_densifier(model, d / "densifier.safetensors"))
     for it in range(1, cfg.iterations + 1):
-        batch = {k: v.to(device) for k, v in training_batch(rng, cfg.batch, cfg.size).items()}
+        batch = {k: v.to(device) for k, v in training_batch(rng, cfg.batch, cfg.size, cfg.motions).items()}
         progress.add(it, train_steps(net, optimiser, batch, cfg.steps))
         schedule.step()
 
@@ -49,11 +50,13 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=defaults.size, help="square crop size in pixels")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--motions", nargs="+", choices=synthetic.MOTIONS, default=list(defaults.motions), help="scene kinds")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     ray_train.add_cluster_args(p)
     args = p.parse_args(argv)
 
-    cfg = dataclasses.replace(defaults, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr, seed=args.seed)
+    cfg = dataclasses.replace(defaults, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr, seed=args.seed,
+                              motions=tuple(args.motions))
     result = ray_train.fit(train_loop_per_worker, dataclasses.asdict(cfg), args, "train_densifier")
     with result.checkpoint.as_directory() as ckpt:
         model = load_densifier(Path(ckpt) / "densifier.safetensors")

@@ -4,8 +4,11 @@ This module owns the synthetic data used to train and evaluate the flow densifie
 and to make test/demo videos with known motion:
 
 * `make_pair` / `make_batch`: two frames built from layers of real photographs
-  (a background plus 1-3 cut-out foreground layers), each moving with its own
-  affine motion, with the exact forward flow 0->1 and an occlusion mask.
+  (a background plus 1-3 cut-out foreground layers), with the exact forward flow
+  0->1 and an occlusion mask. Two kinds of scene: flat layers each moving with its
+  own affine motion, or slanted planes at different depths (sometimes a floor
+  meeting the background in a crease) seen by a moving camera, each moving by a
+  homography with parallax.
 * `iid_mask`, `hole_mask`, `random_mask`: where flow is "known" for densification.
 * `stereo_pair`: the real Middlebury Motorcycle pair with ground-truth flow,
   reserved for evaluation (never used by the generator).
@@ -16,10 +19,13 @@ Model: every layer lives in its own "layer coordinates". A layer has a texture
 map `tex` (layer coords -> photo pixel coords), an optional shape (a star-shaped
 region given by a radius per angle, evaluated analytically so coverage is exact
 at any sub-pixel point) and one pose per frame `poses[t]` (frame-t pixel coords
--> layer coords). Frame t is rendered by inverse-mapping every pixel through its
-pose, so frame pixels are bilinear samples of the photo at exactly known points
-(up to OpenCV's 1/32-pixel coordinate quantization), and the motion of a layer
-from frame t0 to t1 is the affine `inv(poses[t1]) @ poses[t0]`.
+-> layer coords), affine or projective. Frame t is rendered by inverse-mapping every
+pixel through its pose, so frame pixels are bilinear samples of the photo at exactly
+known points (up to OpenCV's 1/32-pixel coordinate quantization), and the motion of
+a layer from frame t0 to t1 is the 3x3 map `inv(poses[t1]) @ poses[t0]`. A layer on
+a plane also knows its inverse depth per frame (affine in the pixel), and each
+pixel shows the nearest layer covering it; layers without geometry stack in list
+order.
 All randomness comes from a numpy Generator, so outputs are deterministic by seed.
 """
 
@@ -62,7 +68,7 @@ def load_photo(name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# 3x3 homogeneous affine helpers (pixel coords, x = column, y = row)
+# 3x3 homogeneous maps (pixel coords, x = column, y = row): affines and homographies
 
 
 def _affine(center, shift=(0.0, 0.0), angle_deg=0.0, scale=1.0) -> np.ndarray:
@@ -76,8 +82,13 @@ def _affine(center, shift=(0.0, 0.0), angle_deg=0.0, scale=1.0) -> np.ndarray:
 
 
 def _apply(m: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """Map coordinate arrays (x, y) through the 3x3 affine `m`."""
-    return m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    """Map coordinate arrays (x, y) through the 3x3 homography `m` (for an affine w = 1 exactly)."""
+    w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    return (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w
+
+
+def _is_affine(m: np.ndarray) -> bool:
+    return bool(m[2, 0] == 0 and m[2, 1] == 0 and m[2, 2] == 1)
 
 
 def affine_motion(size, shift=(0.0, 0.0), angle_deg=0.0, zoom=1.0) -> np.ndarray:
@@ -101,6 +112,12 @@ class _Layer:
     tex: np.ndarray  # 3x3: layer coords -> photo pixel coords
     poses: list  # per frame, 3x3: frame pixel coords -> layer coords
     shape: tuple | None = None  # (cx, cy, radius per _ANGLES) in layer coords; None = everywhere
+    # Per frame, 3-vector m: the layer's inverse depth at frame pixel (x, y) is m·(x, y, 1)
+    # (a plane's is affine in the pixel). None: no geometry, later layers are in front.
+    depth: list | None = None
+    # 3-vector l: the texture is scaled by l·(x, y, 1) at layer coords (x, y) (illumination
+    # fixed to the surface, so brightness constancy holds). None: as photographed.
+    light: np.ndarray | None = None
 
 
 def _covers(layer: _Layer, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -159,21 +176,43 @@ def _grid(size):
     return x, y
 
 
+def _inverse_depth(layer: _Layer, index: int, t: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Inverse depth of `layer` (number `index` in its scene) at frame-t pixels (x, y).
+
+    Layers without geometry are ordered by index, so they composite back to front.
+    """
+    if layer.depth is None:
+        return np.full(np.shape(x), float(index))
+    m = layer.depth[t]
+    return m[0] * x + m[1] * y + m[2]
+
+
 def _render(layers, t: int, size):
-    """Composite frame `t` (back to front). Returns image (H, W, 3) and top layer index (H, W)."""
+    """Composite frame `t`: each pixel shows the covering layer nearest the camera.
+
+    Returns image (H, W, 3) and top layer index (H, W).
+    """
     h, w = size
     x, y = _grid(size)
     img = np.zeros((h, w, 3), np.float32)
     top = np.zeros((h, w), np.int64)
+    nearest = np.full((h, w), -np.inf)
     for k, layer in enumerate(layers):
         pose = layer.poses[t]
-        tex = cv2.warpAffine(
-            layer.photo, (layer.tex @ pose)[:2], (w, h),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101,
-        )
-        cov = _covers(layer, *_apply(pose, x, y))
-        img[cov] = tex[cov]
-        top[cov] = k
+        warp = layer.tex @ pose
+        flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REFLECT_101
+        if _is_affine(warp):
+            tex = cv2.warpAffine(layer.photo, warp[:2], (w, h), flags=flags, borderMode=border)
+        else:
+            tex = cv2.warpPerspective(layer.photo, warp, (w, h), flags=flags, borderMode=border)
+        lx, ly = _apply(pose, x, y)
+        if layer.light is not None:
+            tex *= np.clip(layer.light[0] * lx + layer.light[1] * ly + layer.light[2], 0, None)[..., None]
+        depth = _inverse_depth(layer, k, t, x, y)
+        front = _covers(layer, lx, ly) & (depth > nearest)
+        img[front] = np.minimum(tex[front], 1)
+        top[front] = k
+        nearest[front] = depth[front]
     return img, top
 
 
@@ -181,7 +220,7 @@ def _flow_and_visibility(layers, top: np.ndarray, t0: int, t1: int):
     """Exact forward flow t0 -> t1 (2, H, W) and visibility (H, W) for frame t0's pixels.
 
     A pixel on layer k moves with k's motion; it is visible if its target is inside
-    frame t1 and not covered there by any layer in front of k.
+    frame t1 and no other layer covering the target there is nearer the camera.
     """
     h, w = top.shape
     x, y = _grid((h, w))
@@ -195,8 +234,11 @@ def _flow_and_visibility(layers, top: np.ndarray, t0: int, t1: int):
         qx, qy = _apply(motion, x[on], y[on])
         flow[0][on], flow[1][on] = qx - x[on], qy - y[on]
         vis = (qx >= 0) & (qx <= w - 1) & (qy >= 0) & (qy <= h - 1)
-        for front in layers[k + 1:]:
-            vis &= ~_covers(front, *_apply(front.poses[t1], qx, qy))
+        depth = _inverse_depth(layer, k, t1, qx, qy)
+        for j, other in enumerate(layers):
+            if j != k:
+                nearer = _inverse_depth(other, j, t1, qx, qy) > depth
+                vis &= ~(nearer & _covers(other, *_apply(other.poses[t1], qx, qy)))
         visible[on] = vis
     return flow.astype(np.float32), visible
 
@@ -208,6 +250,9 @@ def _to_torch(a: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Training pairs
 
+# Scene kinds `make_pair` draws from (uniformly).
+MOTIONS = ("affine", "perspective")
+
 
 def _random_motion(rng: np.random.Generator, center, size) -> np.ndarray:
     """Random affine about `center`: shift <= 10% of size, rotation <= 10 deg, scale 0.9-1.1."""
@@ -216,26 +261,12 @@ def _random_motion(rng: np.random.Generator, center, size) -> np.ndarray:
     return _affine(center, shift, rng.uniform(-10, 10), rng.uniform(0.9, 1.1))
 
 
-def make_pair(rng: np.random.Generator, size=(128, 128), photos=TRAIN_PHOTOS, layers=(1, 3)) -> dict:
-    """A random two-frame scene of layered photographs with exact motion.
-
-    A background (random crop of a random photo) and `layers[0]`..`layers[1]`
-    foreground cut-outs (crops of other photos in random ellipses / polygons /
-    blobs), each with its own random affine motion, composited in depth order.
-    Returns torch float32 tensors: frame0, frame1 (3, H, W) in [0, 1]; flow
-    (2, H, W) exact forward flow 0->1 (x, y pixels, of the top layer at each
-    pixel); occlusion (1, H, W), 1 where the frame-0 pixel is visible in frame 1
-    and lands inside it, 0 otherwise.
-    """
-    if "stereo_motorcycle" in photos:
-        raise ValueError("photos: stereo_motorcycle is reserved for evaluation")
+def _affine_scene(rng: np.random.Generator, size, background: str, others: list, layers) -> list:
+    """Flat layers, back to front: a crop of `background` and `layers[0]`..`layers[1]` cut-outs
+    of `others` (random ellipses / polygons / blobs), each with its own random affine motion."""
     h, w = size
     center = ((w - 1) / 2, (h - 1) / 2)
-    names = list(photos)
-    bg_name = names[rng.integers(len(names))]
-    others = [n for n in names if n != bg_name] or names  # foregrounds use other photos if any
-
-    bg_photo = load_photo(bg_name)
+    bg_photo = load_photo(background)
     scene = [_Layer(bg_photo, _random_texture_map(rng, bg_photo, center, size, 10), [])]
     for _ in range(rng.integers(layers[0], layers[1] + 1)):
         photo = load_photo(others[rng.integers(len(others))])
@@ -245,7 +276,162 @@ def make_pair(rng: np.random.Generator, size=(128, 128), photos=TRAIN_PHOTOS, la
         pivot = center if layer.shape is None else layer.shape[:2]
         # Layer coords = frame-0 coords; frame 1 sees the layer through the inverse motion.
         layer.poses = [np.eye(3), np.linalg.inv(_random_motion(rng, pivot, size))]
+    return scene
 
+
+# Perspective scenes: textured planes seen by a moving pinhole camera. Camera coordinates
+# X = (right, down, forward), pixel p ~ K X. A plane is the 3-vector n with n·X = 1 on it:
+# its inverse depth at pixel p is n·K⁻¹p, affine in p, so which of two planes is nearer
+# changes along a straight line (creases, objects standing in a floor come out exact). A
+# rigid motion X -> R X + t (of the camera, of an object, or both) moves the plane's pixels
+# by the homography H = K (R + t nᵀ) K⁻¹, since t = t nᵀX on the plane: parallax, the
+# displacement of a camera translation, is proportional to inverse depth.
+
+
+def _plane_homography(k: np.ndarray, rotation: np.ndarray, translation: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """3x3 map of the plane's frame-0 pixels to frame-1 pixels under X -> R X + t."""
+    return k @ (rotation + np.outer(translation, plane)) @ np.linalg.inv(k)
+
+
+def _moved_plane(rotation: np.ndarray, translation: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """The plane n after X -> R X + t: n' = R n / (1 + (R n)·t), since then n'·(R X + t) = n·X."""
+    turned = rotation @ plane
+    return turned / (1 + turned @ translation)
+
+
+def _plane_layer(photo: np.ndarray, tex: np.ndarray, k: np.ndarray, plane: np.ndarray, rotation: np.ndarray,
+                 translation: np.ndarray, shape: tuple | None = None) -> _Layer:
+    """A layer on `plane` (layer coords = frame-0 pixels) moved by X -> R X + t from frame 0 to 1."""
+    kinv = np.linalg.inv(k)
+    motion = _plane_homography(k, rotation, translation, plane)
+    depth = [kinv.T @ plane, kinv.T @ _moved_plane(rotation, translation, plane)]
+    return _Layer(photo, tex, [np.eye(3), np.linalg.inv(motion)], shape, depth)
+
+
+def _random_light(rng: np.random.Generator, center, size) -> np.ndarray:
+    """Illumination of a surface: brightness 0.15-1.2 (log-uniform) at `center`, falling
+    off or rising by up to 60 % across the frame in a random direction."""
+    angle = rng.uniform(0, 2 * np.pi)
+    slope = rng.uniform(0, 0.6) / max(size) * np.array([np.cos(angle), np.sin(angle)])
+    gain = np.exp(rng.uniform(np.log(0.15), np.log(1.2)))
+    return gain * np.array([slope[0], slope[1], 1 - slope @ np.asarray(center, float)])
+
+
+def _rotation(rng: np.random.Generator, max_deg) -> np.ndarray:
+    """Random 3x3 rotation, angles about the x, y, z axes up to `max_deg` (3 values)."""
+    return cv2.Rodrigues(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(max_deg, float)))[0]
+
+
+def _random_plane(rng: np.random.Generator, point: np.ndarray, inv_depth: float, max_tilt_deg: float,
+                  corners: np.ndarray) -> np.ndarray:
+    """A plane with inverse depth `inv_depth` at `point` (normalised image coords (u, v, 1)),
+    tilted up to `max_tilt_deg` from facing the camera in a random direction; flattened
+    where needed so its inverse depth stays >= 0.3 x `inv_depth` at the frame's `corners` (3, 4)."""
+    angle = rng.uniform(0, 2 * np.pi)
+    slope = np.tan(np.deg2rad(rng.uniform(0, max_tilt_deg))) * np.array([np.cos(angle), np.sin(angle)])
+    lowest = (slope @ (corners[:2] - point[:2, None])).min()  # relative change of inverse depth
+    if lowest < -0.7:
+        slope *= 0.7 / -lowest
+    return inv_depth * np.array([slope[0], slope[1], 1 - slope @ point[:2]])
+
+
+def _crease_plane(rng: np.random.Generator, plane: np.ndarray, corners: np.ndarray):
+    """A floor or side wall: a plane meeting `plane` along a random line through the frame and
+    nearer beyond it, its inverse depth rising to 1.5-4x `plane`'s at the farthest corner.
+
+    Returns the plane and a point on its visible side (normalised coords (u, v, 1)).
+    """
+    lo, hi = corners[:2].min(1), corners[:2].max(1)
+    anchor = lo + rng.uniform(0.2, 0.8, 2) * (hi - lo)
+    angle = rng.uniform(0, 2 * np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])
+    line = np.array([normal[0], normal[1], -normal @ anchor])  # > 0 on the crease plane's side
+    gain = line @ corners / (plane @ corners)  # growth of the inverse-depth ratio per unit of strength
+    strength = (rng.uniform(1.5, 4.0) - 1) / gain.max()
+    far = corners[:, gain.argmax()]
+    return plane + strength * line, (far + np.array([anchor[0], anchor[1], 1.0])) / 2
+
+
+def _plane_texture_map(rng: np.random.Generator, photo: np.ndarray, kinv: np.ndarray, plane: np.ndarray,
+                       center, size, max_angle: float) -> np.ndarray:
+    """3x3 frame-0 pixel -> photo map of `photo` lying on `plane`: foreshortened by the
+    perspective (denser where the plane is farther), unit area scale at pixel `center`,
+    then a random crop as `_random_texture_map`."""
+    normal = plane / np.linalg.norm(plane)
+    e1 = np.cross(normal, (0.0, 1.0, 0.0))
+    e1 /= np.linalg.norm(e1)
+    on_plane = np.stack([e1, np.cross(normal, e1), plane]) @ kinv  # pixel -> plane coords (homogeneous)
+    u, v, w = on_plane @ (center[0], center[1], 1.0)
+    jacobian = (on_plane[:2, :2] - np.outer((u / w, v / w), on_plane[2, :2])) / w
+    s = 1 / np.sqrt(abs(np.linalg.det(jacobian)))
+    unit = np.array([[s, 0.0, center[0] - s * u / w], [0.0, s, center[1] - s * v / w], [0.0, 0.0, 1.0]])
+    return _random_texture_map(rng, photo, center, size, max_angle) @ unit @ on_plane
+
+
+def _perspective_scene(rng: np.random.Generator, size, background: str, others: list, layers) -> list:
+    """Textured planes seen by a camera that rotates and translates between the frames.
+
+    A background plane tilted up to 60°, half the time with a crease plane (a floor or side
+    wall) meeting it; in front, `layers[0]`..`layers[1]` cut-outs (as in `_affine_scene`) on
+    planes tilted up to 50° at 1.1-3x the inverse depth behind their centre. Camera: focal
+    length 0.7-1.5 x the frame, rotation <= 2° pitch/yaw and 3° roll, translation sideways
+    by what moves the nearest layer 2-12 % of the frame, and along the view by up to as
+    much; half the cut-outs also move rigidly on their own. Every layer moves by its
+    homography, and each pixel shows the nearest surface.
+    """
+    h, w = size
+    f = rng.uniform(0.7, 1.5) * max(h, w)  # field of view about 37-71°
+    k = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    kinv = np.linalg.inv(k)
+    corners = kinv @ np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1.0, 1.0, 1.0, 1.0]])
+    center = ((w - 1) / 2, (h - 1) / 2)
+
+    bg_plane = _random_plane(rng, kinv @ (*center, 1.0), 1.0, 60, corners)
+    planes, shapes, centers, photos = [bg_plane], [None], [center], [load_photo(background)]
+    if rng.random() < 0.5:
+        crease, point = _crease_plane(rng, bg_plane, corners)
+        planes.append(crease)
+        shapes.append(None)
+        centers.append(tuple((k @ point)[:2]))
+        photos.append(load_photo(others[rng.integers(len(others))]))
+    for _ in range(rng.integers(layers[0], layers[1] + 1)):
+        shape = _random_shape(rng, size)
+        point = kinv @ (shape[0], shape[1], 1.0)
+        behind = max(plane @ point for plane in planes)
+        planes.append(_random_plane(rng, point, behind * np.exp(rng.uniform(np.log(1.1), np.log(3))), 50, corners))
+        shapes.append(shape)
+        centers.append(shape[:2])
+        photos.append(load_photo(others[rng.integers(len(others))]))
+    texture_maps = [_plane_texture_map(rng, photo, kinv, plane, c, size, 10 if shape is None else 30)
+                    for photo, plane, c, shape in zip(photos, planes, centers, shapes)]
+
+    # Translation scaled so the nearest layer moves by `reach` pixels sideways.
+    nearest = max((plane @ corners).max() if shape is None else plane @ kinv @ (*c, 1.0)
+                  for plane, c, shape in zip(planes, centers, shapes))
+    reach = rng.uniform(0.02, 0.12) * max(h, w)
+    angle = rng.uniform(0, 2 * np.pi)
+    cam_t = reach / (f * nearest) * np.array([np.cos(angle), np.sin(angle), rng.uniform(-1, 1)])
+    cam_r = _rotation(rng, (2, 2, 3))
+
+    scene = []
+    for photo, tex, plane, c, shape in zip(photos, texture_maps, planes, centers, shapes):
+        rot, trans = cam_r, cam_t
+        if shape is not None and rng.random() < 0.5:  # the object moves too, about its centre
+            point = kinv @ (*c, 1.0)
+            anchor = point / (plane @ point)  # 3D centre
+            own_r = _rotation(rng, (5, 5, 10))
+            angle = rng.uniform(0, 2 * np.pi)
+            own_t = rng.uniform(0, 0.08) * max(h, w) / (f * (plane @ point)) * np.array(
+                [np.cos(angle), np.sin(angle), rng.uniform(-1, 1)])
+            rot, trans = cam_r @ own_r, cam_r @ (anchor - own_r @ anchor + own_t) + cam_t
+        layer = _plane_layer(photo, tex, k, plane, rot, trans, shape)
+        layer.light = _random_light(rng, c, size)
+        scene.append(layer)
+    return scene
+
+
+def _pair(scene: list, size) -> dict:
+    """Frames 0 and 1 of `scene` with exact flow 0->1 and visibility, as `make_pair` returns them."""
     frame0, top = _render(scene, 0, size)
     frame1, _ = _render(scene, 1, size)
     flow, visible = _flow_and_visibility(scene, top, 0, 1)
@@ -257,10 +443,40 @@ def make_pair(rng: np.random.Generator, size=(128, 128), photos=TRAIN_PHOTOS, la
     }
 
 
-def make_batch(seed: int, batch: int, size=(128, 128), photos=TRAIN_PHOTOS, layers=(1, 3)) -> dict:
+def make_pair(rng: np.random.Generator, size=(128, 128), photos=TRAIN_PHOTOS, layers=(1, 3),
+              motions=MOTIONS) -> dict:
+    """A random two-frame scene of layered photographs with exact motion.
+
+    A background (random crop of a random photo) and `layers[0]`..`layers[1]`
+    foreground cut-outs (crops of other photos in random ellipses / polygons /
+    blobs), as one kind of scene drawn from `motions`:
+    - "affine": flat layers, each with its own random affine motion, composited in
+      list order;
+    - "perspective": every layer a slanted textured plane at its own depth (and
+      sometimes a floor meeting the background in a crease), the camera moving
+      between the frames, some objects moving too: each layer moves by a homography,
+      with parallax, and the nearest surface is seen at each pixel.
+    Returns torch float32 tensors: frame0, frame1 (3, H, W) in [0, 1]; flow
+    (2, H, W) exact forward flow 0->1 (x, y pixels, of the top layer at each
+    pixel); occlusion (1, H, W), 1 where the frame-0 pixel is visible in frame 1
+    and lands inside it, 0 otherwise.
+    """
+    if "stereo_motorcycle" in photos:
+        raise ValueError("photos: stereo_motorcycle is reserved for evaluation")
+    if not motions or not set(motions) <= set(MOTIONS):
+        raise ValueError(f"motions: need some of {MOTIONS}, got {tuple(motions)}")
+    kind = motions[rng.integers(len(motions))]  # with one kind, draws nothing: seeds stay comparable
+    names = list(photos)
+    bg_name = names[rng.integers(len(names))]
+    others = [n for n in names if n != bg_name] or names  # foregrounds use other photos if any
+    build = _affine_scene if kind == "affine" else _perspective_scene
+    return _pair(build(rng, size, bg_name, others, layers), size)
+
+
+def make_batch(seed: int, batch: int, size=(128, 128), photos=TRAIN_PHOTOS, layers=(1, 3), motions=MOTIONS) -> dict:
     """`batch` pairs from `make_pair`, deterministic by `seed`, stacked to (B, C, H, W) tensors."""
     rng = np.random.default_rng(seed)
-    pairs = [make_pair(rng, size, photos, layers) for _ in range(batch)]
+    pairs = [make_pair(rng, size, photos, layers, motions) for _ in range(batch)]
     # numpy stack: a torch parallel op here stalls badly when the cores are busy.
     return {key: torch.from_numpy(np.stack([p[key].numpy() for p in pairs])) for key in pairs[0]}
 

@@ -1,5 +1,6 @@
 """Tests for raywarp.synthetic: layered photo pairs, masks, stereo pair, test videos."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,9 +22,9 @@ def masked_mean_abs(a, b, mask):
     return float(((a - b).abs().mean(1, keepdim=True) * mask).sum() / mask.sum())
 
 
-@pytest.fixture(scope="module")
-def batch():
-    return S.make_batch(3, 12, size=(96, 128))
+@pytest.fixture(scope="module", params=S.MOTIONS)
+def batch(request):
+    return S.make_batch(3, 12, size=(96, 128), motions=(request.param,))
 
 
 def test_batch_shapes_dtypes_ranges(batch):
@@ -40,8 +41,9 @@ def test_batch_shapes_dtypes_ranges(batch):
     assert batch["flow"].abs().max() < 0.5 * 128
 
 
-def test_deterministic_by_seed():
-    a, b, c = S.make_batch(7, 2, (64, 64)), S.make_batch(7, 2, (64, 64)), S.make_batch(8, 2, (64, 64))
+@pytest.mark.parametrize("motions", [S.MOTIONS, ("perspective",)])
+def test_deterministic_by_seed(motions):
+    a, b, c = (S.make_batch(seed, 4, (64, 64), motions=motions) for seed in (7, 7, 8))
     for k in a:
         assert torch.equal(a[k], b[k])
     assert not torch.equal(a["frame0"], c["frame0"])
@@ -75,6 +77,89 @@ def test_occlusion_marks_covered_pixels(batch):
     # Targets that leave the frame are always marked occluded.
     outside = (qx < 0) | (qx > w - 1) | (qy < 0) | (qy > h - 1)
     assert (batch["occlusion"][:, 0][outside] == 0).all()
+
+
+# Perspective layers built by hand: a camera with focal length 100 px over a 64 x 80 frame.
+SIZE = (64, 80)
+K = np.array([[100.0, 0, 39.5], [0, 100.0, 31.5], [0, 0, 1]])
+
+
+def texture(photo):
+    """A 2x-magnified crop of `photo` (smooth: bilinear interpolation error stays small)."""
+    return S.load_photo(photo), np.array([[0.5, 0, 120.0], [0, 0.5, 100.0], [0, 0, 1]])
+
+
+def facing(inv_depth):
+    """A plane facing the camera at depth 1/inv_depth: n = (0, 0, inv_depth)."""
+    return np.array([0.0, 0.0, inv_depth])
+
+
+def test_homography_layer_flow_is_exact():
+    # A plane tilted 45° about the vertical axis, the camera turning 3° and moving sideways and forward.
+    plane = np.array([0.5, 0.0, 0.5])  # n·X = 1: inverse depth 0.5 (1 + u), u = (x - 39.5)/100
+    rotation = cv2.Rodrigues(np.deg2rad([1.0, 3.0, 2.0]))[0]
+    translation = np.array([0.08, -0.03, 0.3])
+    pair = S._pair([S._plane_layer(*texture("chelsea"), K, plane, rotation, translation)], SIZE)
+
+    # Independent of the homography: back-project each pixel onto the plane, move, project.
+    h, w = SIZE
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    rays = np.linalg.inv(K) @ np.stack([x.ravel(), y.ravel(), np.ones(x.size)])
+    moved = K @ (rotation @ (rays / (plane @ rays)) + translation[:, None])
+    target = (moved[:2] / moved[2]).reshape(2, h, w)
+    flow = pair["flow"].double().numpy()
+    assert np.abs(flow - (target - np.stack([x, y]))).max() < 1e-3
+    # Genuinely projective: the best affine fit to the flow misses by over half a pixel.
+    design = np.stack([x.ravel(), y.ravel(), np.ones(x.size)], 1)
+    residual = flow.reshape(2, -1).T - design @ np.linalg.lstsq(design, flow.reshape(2, -1).T, rcond=None)[0]
+    assert np.abs(residual).max() > 0.5
+
+    # Warping frame 1 by the flow gives frame 0 back where visible, to interpolation error.
+    visible = pair["occlusion"][None]
+    assert 0.6 < visible.mean() < 1
+    warped = backward_warp(pair["frame1"][None], pair["flow"][None])
+    err = masked_mean_abs(warped, pair["frame0"][None], visible)
+    assert err < 0.01 < 0.1 * masked_mean_abs(pair["frame1"][None], pair["frame0"][None], visible)
+
+
+def test_depth_decides_occlusion_and_parallax():
+    # A disc at inverse depth 2 listed *before* the background plane at inverse depth 0.5:
+    # depth, not list order, puts it in front. The camera moves sideways only.
+    disc = (39.5, 31.5, np.full(S._ANGLES.shape, 12.0))
+    translation = np.array([-0.04, 0.0, 0.0])
+    near = S._plane_layer(*texture("astronaut"), K, facing(2.0), np.eye(3), translation, disc)
+    far = S._plane_layer(*texture("coffee"), K, facing(0.5), np.eye(3), translation, None)
+    pair = S._pair([near, far], SIZE)
+    _, top = S._render([near, far], 0, SIZE)
+    h, w = SIZE
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    in_disc = (x - 39.5) ** 2 + (y - 31.5) ** 2 < 12.0**2
+    assert (top[in_disc] == 0).all() and (top[~in_disc] == 1).all()
+
+    # Parallax: displacement f t / z, inversely proportional to depth (-8 px near, -2 px far).
+    flow = pair["flow"].numpy()
+    assert np.allclose(flow[0][in_disc], -8.0, atol=1e-4) and np.allclose(flow[0][~in_disc], -2.0, atol=1e-4)
+    assert np.abs(flow[1]).max() < 1e-4
+    # The background going under the disc in frame 1 is occluded; the disc and the rest are
+    # visible (where they stay in frame).
+    visible = pair["occlusion"][0].numpy() > 0
+    under = ((x - 2.0 - 31.5) ** 2 + (y - 31.5) ** 2 < 11.5**2) & ~in_disc
+    clear = ((x - 2.0 - 31.5) ** 2 + (y - 31.5) ** 2 > 12.5**2) & ~in_disc & (x >= 2)
+    assert under.sum() > 20 and not visible[under].any()
+    assert visible[in_disc].all() and visible[clear].all()
+
+
+def test_crease_between_planes():
+    # Two unbounded planes crossing along the column x = 39.5: each pixel shows the nearer.
+    wall = facing(1.0)
+    floor = np.array([3.0, 0.0, 1.0])  # inverse depth 1 + 3u: nearer right of the centre column
+    layers = [S._plane_layer(*texture(p), K, n, np.eye(3), np.array([0.02, 0.01, 0.05]))
+              for p, n in (("chelsea", floor), ("coffee", wall))]
+    _, top = S._render(layers, 0, SIZE)
+    assert (top[:, 40:] == 0).all() and (top[:, :40] == 1).all()
+    # Both planes hold the same 3D line: the flow is continuous across it.
+    flow = S._pair(layers, SIZE)["flow"].numpy()
+    assert np.abs(flow[:, :, 40] - flow[:, :, 39]).max() < 0.1
 
 
 def test_photo_lists():

@@ -18,17 +18,31 @@ from typing import Sequence
 import torch
 
 from raywarp.densify.network import DensifierUNet, load_densifier
-from raywarp.densify.solver import pyramid_inpaint
+from raywarp.densify.solver import pyramid_inpaint, pyramid_sizes
 from raywarp.densify.tensor_field import eed_tensor, homogeneous_tensor
 from raywarp.tensors import as_batch, check_same_size, to_like
 
 METHODS = ("laplace", "eed", "neuroexplicit")
 DEFAULT_STEPS = (5, 15, 30, 45)  # per level, coarse to fine (the paper's 95 in total)
+# Larger frames get extra coarse levels until the coarsest one's longer side is at most
+# this: a hole must shrink to a few pixels somewhere for a few steps to fill it (the
+# training crops, 96² over 4 levels, end at 12 px).
+COARSEST_SIDE = 16
 
 
 @functools.lru_cache(maxsize=4)
 def shipped_model(device: str) -> DensifierUNet:
     return load_densifier(device=device).requires_grad_(False)  # inference: no autograd graph
+
+
+def level_steps(height: int, width: int, steps: Sequence[int], coarsest_side: int | None = COARSEST_SIDE) -> list[int]:
+    """Steps per pyramid level, coarsest first: `steps` for the finest len(steps) levels,
+    preceded by extra levels of steps[0] each until the coarsest level's longer side is
+    at most `coarsest_side` (None: exactly `steps`)."""
+    steps = [int(s) for s in steps]
+    while coarsest_side is not None and max(pyramid_sizes(height, width, len(steps))[-1]) > coarsest_side:
+        steps.insert(0, steps[0])
+    return steps
 
 
 def densify(
@@ -39,14 +53,19 @@ def densify(
     steps: Sequence[int] = DEFAULT_STEPS,
     model: DensifierUNet | None = None,
     fsi: bool = True,
+    coarsest_side: int | None = COARSEST_SIDE,
 ):
     """Fill `flow` where `mask` is 0.
 
     flow: (B,2,H,W) pixels (values where mask = 0 are ignored and may be NaN);
     mask: (B,1,H,W), 1 = known, 0 = fill; image: (B,3,H,W) in [0, 1], the frame
     the flow starts from. Numpy arrays, or (C,H,W) without the batch, also work.
-    steps: solver steps per pyramid level, coarsest first; its length is the
-    number of levels (the network needs exactly its own number, 4).
+    steps: solver steps per pyramid level, coarsest first, for the finest len(steps)
+    levels (the network needs exactly its own number, 4); frames larger than
+    `coarsest_side` × 2^(len(steps)−1) get extra coarser levels (see `level_steps`;
+    None: none); the network's fields stop at its own coarsest level, homogeneous
+    diffusion runs below it (there it only carries the surrounding motion into the
+    middle of large holes).
     model: a `DensifierUNet` for method="neuroexplicit" (default: shipped weights).
     fsi: Fast Semi-Iterative acceleration (False: plain explicit steps).
 
@@ -70,20 +89,25 @@ def densify(
         raise ValueError(f"mask: no known flow in batch item(s) {empty}; nothing to densify from")
     if len(steps) < 1 or any(int(s) < 0 for s in steps):
         raise ValueError(f"steps: need one non-negative step count per level, got {tuple(steps)}")
+    if coarsest_side is not None and coarsest_side < 1:
+        raise ValueError(f"coarsest_side: need a side of at least 1 px or None, got {coarsest_side}")
     flow_t = torch.where(known.bool(), flow_t, torch.zeros_like(flow_t))
     if bool(known.all()):
         return to_like(flow_t, like)
 
     image_t = image_t.to(flow_t)
-    if method == "laplace":
-        field_fn = lambda level, img: homogeneous_tensor(img)  # noqa: E731
-    elif method == "eed":
-        field_fn = lambda level, img: eed_tensor(img)  # noqa: E731
-    else:
+    if method == "neuroexplicit":
         net = model if model is not None else shipped_model(str(flow_t.device))
         if len(steps) != net.levels:
             raise ValueError(f"steps: the neuroexplicit network has {net.levels} levels, got {len(steps)} step counts")
         fields = net(image_t, known, flow_t)
-        field_fn = lambda level, img: fields[level]  # noqa: E731
-    out = pyramid_inpaint(flow_t, known, image_t, field_fn, steps=[int(s) for s in steps], fsi=fsi)
+
+        def field_fn(level, img):  # levels coarser than the network's: homogeneous
+            return fields[level] if level < len(fields) else homogeneous_tensor(img)
+    else:
+        tensor = homogeneous_tensor if method == "laplace" else eed_tensor
+        field_fn = lambda level, img: tensor(img)  # noqa: E731
+
+    all_steps = level_steps(*flow_t.shape[-2:], steps, coarsest_side)
+    out = pyramid_inpaint(flow_t, known, image_t, field_fn, steps=all_steps, fsi=fsi)
     return to_like(out, like)
