@@ -4,7 +4,7 @@
                                     [--flow-from baseline|input] [--tasks sr inpaint] [--modes ...]
 
 Short videos of held-out photographs with known motion (integer translation, rotation,
-zoom, a moving layer over a moving background), restored by SR ×4 (bicubic
+zoom, a moving layer over a moving background; or, with --translation, one translation), restored by SR ×4 (bicubic
 degradation) and inpainting (a static hole). The sampler sees what a user's pipeline
 sees: flow estimated (DIS) on the baseline restoration, unreliable and unobserved flow
 densified (neuroexplicit). `--flow exact` hands the sampler the true flow instead, which
@@ -31,17 +31,25 @@ from raywarp.models import load_denoiser, noise_spec
 from raywarp.sampler import GUIDANCE_METHODS, GUIDED, MODES, SCHEDULES, SamplerConfig, sample_clip
 
 
-def scenes(frames: int, size) -> dict[str, tuple]:
-    """{name: (video (T,3,H,W), exact forward flows, exact backward flows)} of held-out photographs."""
+def scenes(frames: int, size, translation=None) -> dict[str, tuple]:
+    """{name: (video (T,3,H,W), exact forward flows, exact backward flows)} of held-out photographs.
+
+    translation: (dx, dy) output pixels per frame: only that translation, as one scene.
+    """
+    if translation is not None:
+        motions = [(f"translation {tuple(translation)}", "coffee", synthetic.affine_motion(size, shift=tuple(translation)))]
+    else:
+        motions = [
+            ("translation", "coffee", synthetic.affine_motion(size, shift=(2.0, 1.0))),
+            ("rotation", "rocket", synthetic.affine_motion(size, angle_deg=2.0)),
+            ("zoom", "coffee", synthetic.affine_motion(size, zoom=1.03)),
+        ]
     out = {}
-    for name, photo, motion in [
-        ("translation", "coffee", synthetic.affine_motion(size, shift=(2.0, 1.0))),
-        ("rotation", "rocket", synthetic.affine_motion(size, angle_deg=2.0)),
-        ("zoom", "coffee", synthetic.affine_motion(size, zoom=1.03)),
-    ]:
+    for name, photo, motion in motions:
         video, fwd = synthetic.affine_video(photo, frames, size, motion)
         out[name] = (video, fwd, synthetic.affine_backward_flow(motion, size).expand(frames - 1, -1, -1, -1).clone())
-    out["moving layer"] = synthetic.layered_video(frames, size)
+    if translation is None:
+        out["moving layer"] = synthetic.layered_video(frames, size)
     return out
 
 
@@ -60,7 +68,7 @@ def benchmark(args) -> list[dict]:
     size = (args.size, args.size)
     rows = []
     tasks = {"sr": "SR ×4", "inpaint": "inpaint"}
-    for scene, (video, fwd_true, bwd_true) in scenes(args.frames, size).items():
+    for scene, (video, fwd_true, bwd_true) in scenes(args.frames, size, args.translation).items():
         observed = inverse.parse_mask("rect:0.35,0.3,0.65,0.6", size, args.frames)  # 0 in the hole
         ops = {"sr": inverse.SuperResolution(4, "bicubic"), "inpaint": inverse.Inpainting(observed)}
         for task, op in ((tasks[t], ops[t]) for t in args.tasks):
@@ -137,6 +145,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     p.add_argument("--reestimate-flow-at", type=float, default=SamplerConfig.reestimate_flow_at,
                    help="re-estimate self-guidance's flows on x̂0 after this fraction of the steps (0: never)")
+    p.add_argument("--translation", type=float, nargs=2, metavar=("DX", "DY"),
+                   help="only a translation by (DX, DY) output pixels per frame (multiples of 4: whole input pixels for SR ×4)")
     p.add_argument("--model", default="default")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
