@@ -27,7 +27,7 @@ import json
 import os
 import signal
 import sys
-import time
+import threading
 
 from raywarp import flow as rflow
 from raywarp.pipeline.config import RunConfig
@@ -208,16 +208,23 @@ def status_command(args: argparse.Namespace) -> int:
     if args.watch is None:
         print(show(manifest.status()))
         return 0
+    # Ctrl-C sets a flag, checked between reads: a KeyboardInterrupt raised inside a
+    # Parquet read (pyarrow's C++, its threads) could abort the process instead (seen: SIGABRT).
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     try:
-        while True:
+        while not interrupted.is_set():
             status = manifest.status()
+            if interrupted.is_set():
+                break
             print(show(status), end="\n" if args.json else "\n\n", flush=True)
             if _finished(status):
                 return 1 if status["clips_failed"] or status["videos_failed"] else 0
-            time.sleep(args.watch)
-    except KeyboardInterrupt:
-        print("raywarp status: interrupted", file=sys.stderr)
-        return 130
+            interrupted.wait(args.watch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print("raywarp status: interrupted", file=sys.stderr)
+    return 130
 
 
 def _finished(status: dict) -> bool:
