@@ -2,12 +2,13 @@
 
     python -m raywarp.bench.sampler [--frames 6] [--size 64] [--steps 20] [--model default] [--flow estimated|exact]
                                     [--flow-from baseline|input] [--tasks sr inpaint] [--modes ...]
+                                    [--translation DX DY]
 
 Short videos of held-out photographs with known motion (integer translation, rotation,
-zoom, a moving layer over a moving background; or, with --translation, one translation), restored by SR ×4 (bicubic
-degradation) and inpainting (a static hole). The sampler sees what a user's pipeline
-sees: flow estimated (DIS) on the baseline restoration, unreliable and unobserved flow
-densified (neuroexplicit). `--flow exact` hands the sampler the true flow instead, which
+zoom, a moving layer over a moving background; or, with --translation, that one
+translation), restored by SR ×4 (bicubic degradation) and inpainting (a static hole).
+The sampler sees what a user's pipeline sees: flow estimated (DIS) on the baseline
+restoration, unreliable and unobserved flow densified (neuroexplicit). `--flow exact` hands the sampler the true flow instead, which
 separates what the sampler does from what flow estimation on tiny frames costs. For SR,
 `--flow-from input` estimates on the low-resolution input instead of the bicubic
 baseline (the pipeline's `flow_from`). Metrics against the ground truth: warping error
