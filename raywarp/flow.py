@@ -16,6 +16,7 @@ warping-error metric in `raywarp.metrics` matches the published protocol.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import cv2
@@ -43,16 +44,19 @@ _RANGE_SLACK = 0.1
 # estimation
 
 
-def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None):
+def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, detail: float = 1.0):
     """Dense forward flow from frames `a` to `b`.
 
     a, b: (B, 3, H, W) RGB in [0, 1], torch or numpy ((3, H, W) also accepted).
     method: "dis" (OpenCV DIS), "farneback" (OpenCV Farneback) or "raft"
         (torchvision raft_large, needs `weights`).
     preset: DIS speed/quality preset, one of "ultrafast", "fast", "medium"
-        (validated for every method, used only by "dis").
+        (validated for every method, used only by "dis"): patch size and iterations;
+        the finest pyramid level follows `detail` instead (`dis_finest_scale`).
     weights: path to a local RAFT-large state dict (.pth/.pt or .safetensors);
         required for method="raft", ignored otherwise. Never downloaded.
+    detail: how many pixels of the frames one pixel of real detail spans: 1 for sharp
+        frames, s for a baseline upsampled ×s (SR). Used only by "dis".
     Returns (B, 2, H, W) flow f with a(p) ≈ b(p + f(p)), float32, on a's
     device (numpy if `a` was numpy).
     """
@@ -60,6 +64,8 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None):
         raise ValueError(f"method: unknown {method!r}, expected one of {', '.join(METHODS)}")
     if preset not in DIS_PRESETS:
         raise ValueError(f"preset: unknown {preset!r}, expected one of {', '.join(DIS_PRESETS)}")
+    if not detail >= 1:
+        raise ValueError(f"detail: pixels per pixel of detail, at least 1, got {detail!r}")
     ta = as_batch(a, "a", channels=3)
     tb = as_batch(b, "b", channels=3)
     if ta.shape != tb.shape:
@@ -72,8 +78,17 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None):
     if method == "raft":
         flow = _raft(ta, tb, weights)
     else:
-        flow = _opencv(ta, tb, method, preset)
+        flow = _opencv(ta, tb, method, preset, dis_finest_scale(detail))
     return to_like(flow, a)
+
+
+def dis_finest_scale(detail: float) -> int:
+    """DIS's finest pyramid level (0: full resolution) for frames whose detail spans
+    `detail` pixels: full resolution for sharp frames; for a baseline upsampled ×s, the
+    level at twice the input's sampling, finer than which the frames hold only
+    interpolation and aliasing that mislead the patch search. (The presets stop at level
+    1 or 2 to save time, which costs sharp frames their finest motion.)"""
+    return max(0, round(math.log2(detail)) - 1)
 
 
 def _to_gray_u8(x: torch.Tensor) -> np.ndarray:
@@ -83,7 +98,7 @@ def _to_gray_u8(x: torch.Tensor) -> np.ndarray:
     return (y * 255).round().to(torch.uint8).numpy()
 
 
-def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str) -> torch.Tensor:
+def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str, finest_scale: int) -> torch.Tensor:
     _, _, h, w = a.shape
     if method == "dis" and max(h, w) < 12:
         # OpenCV's DIS refuses images with both sides < 12 px (cv2.error otherwise).
@@ -91,6 +106,7 @@ def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str) -> torch
     ga, gb = _to_gray_u8(a), _to_gray_u8(b)
     if method == "dis":
         dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+        dis.setFinestScale(finest_scale)
 
         def calc(p, n):
             return dis.calc(p, n, None)
@@ -265,6 +281,32 @@ def motion_boundary(flow):
     return to_like((grad2 > 0.01 * mag2 + 0.002).to(w.dtype), flow)
 
 
+# DIS matches 8×8 patches: flow within 4 px of a hole was partly matched on the hole's
+# fill, which does not move with the scene.
+HOLE_MARGIN = 4
+
+
+def trusted_matches(fwd, observed0, observed1, margin: int = HOLE_MARGIN):
+    """(B, 1, H, W) 1 where the flow `fwd` (B, 2, H, W) from frame 0 to frame 1 rests on
+    observed pixels only: it starts at least `margin` px from any hole of frame 0
+    (`observed0` (B, 1, H, W), 1 = observed) and lands at least `margin` px from any hole
+    of frame 1 (`observed1`). A static hole matched to itself is consistent both ways,
+    so the forward-backward check alone keeps the wrong motion around it. Where this
+    leaves a frame nothing, its observed start pixels are trusted instead.
+    """
+    o0 = as_batch(observed0, "observed0", channels=1)
+    o1 = as_batch(observed1, "observed1", channels=1)
+    if bool((o0 > 0.5).all()) and bool((o1 > 0.5).all()):
+        return torch.ones_like(o0)
+
+    def clear(o):  # observed with no hole within `margin` px
+        return 1 - F.max_pool2d(1 - (o > 0.5).to(o.dtype), 2 * margin + 1, stride=1, padding=margin)
+
+    trusted = clear(o0) * (warp(clear(o1), fwd, padding_mode="zeros") > 0.999).to(o0.dtype)
+    empty = trusted.flatten(1).sum(1) == 0
+    return torch.where(empty.view(-1, 1, 1, 1), (o0 > 0.5).to(o0.dtype), trusted)
+
+
 # Densification lives in its own package (solver, tensors, network); exported here
 # because it is part of the flow API the pipeline calls.
 from raywarp.densify import densify  # noqa: E402,F401
@@ -286,20 +328,23 @@ def resize_flow(flow, size):
     return to_like(out * scale, flow)
 
 
-def restoration_flows(guide, observed, size=None, method: str = "dis", densify_method: str = "neuroexplicit"):
+def restoration_flows(guide, observed, size=None, method: str = "dis", densify_method: str = "neuroexplicit",
+                      detail: float = 1.0):
     """The dense flows a restoration samples along, from a degraded clip.
 
     guide: (T,3,H,W) the frames to estimate motion on (the classical restoration, or the
     low-resolution input for SR); observed: (T,1,H,W) 1 where the measurement saw the
-    pixel; size: (h, w) to return the flows at (the sampler's grid; default the guide's).
+    pixel; size: (h, w) to return the flows at (the sampler's grid; default the guide's);
+    detail: pixels of the guide per pixel of real detail (see `estimate`).
     Flow is estimated on the guide both ways and filled by `densify` wherever the
-    forward–backward check fails or the start pixel was not observed (an inpainting hole
-    has no trustworthy motion of its own). Returns (fwd (T−1,2,h,w), bwd (T−1,2,h,w)).
+    forward–backward check fails or the match was not made between observed pixels
+    (`trusted_matches`: an inpainting hole has no trustworthy motion of its own, nor
+    does the flow next to it). Returns (fwd (T−1,2,h,w), bwd (T−1,2,h,w)).
     """
-    fwd = estimate(guide[:-1], guide[1:], method=method)
-    bwd = estimate(guide[1:], guide[:-1], method=method)
-    fwd_known = consistency_mask(fwd, bwd) * observed[:-1]
-    bwd_known = consistency_mask(bwd, fwd) * observed[1:]
+    fwd = estimate(guide[:-1], guide[1:], method=method, detail=detail)
+    bwd = estimate(guide[1:], guide[:-1], method=method, detail=detail)
+    fwd_known = consistency_mask(fwd, bwd) * trusted_matches(fwd, observed[:-1], observed[1:])
+    bwd_known = consistency_mask(bwd, fwd) * trusted_matches(bwd, observed[1:], observed[:-1])
     fwd = densify(fwd, fwd_known, guide[:-1], method=densify_method) if fwd_known.min() < 1 else fwd
     bwd = densify(bwd, bwd_known, guide[1:], method=densify_method) if bwd_known.min() < 1 else bwd
     size = size or tuple(guide.shape[-2:])

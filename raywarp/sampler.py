@@ -360,7 +360,7 @@ def sample_clip(
                 x0_step[a:b] = x0
             u = new_u
             if step == reestimate_step and clip is not None and any(lambdas[step + 1 :]):
-                clip = reestimated_flows(denoiser, x0_step, spans, info["mask"], (h, w), device)
+                clip = reestimated_flows(denoiser, x0_step, spans, info["mask"], (h, w), device, info["scale"])
 
     with torch.no_grad():
         images = torch.cat([denoiser.decode(x0_step[a:b]) for a, b in spans])
@@ -370,13 +370,14 @@ def sample_clip(
     return ClipResult(images.cpu())
 
 
-def reestimated_flows(denoiser, x0: torch.Tensor, spans, observed: torch.Tensor, grid, device) -> ClipFlows:
+def reestimated_flows(denoiser, x0: torch.Tensor, spans, observed: torch.Tensor, grid, device, detail: float) -> ClipFlows:
     """Self-guidance's flows estimated again on the prediction x̂0 (T, C, h, w), decoded:
     sharper frames than the baseline, so motion is found more exactly; `observed`
-    (T, 1, H, W) marks the measured pixels (motion in a hole is densified, not trusted)."""
+    (T, 1, H, W) marks the measured pixels (motion in a hole is densified, not trusted);
+    `detail`: pixels of the output per pixel of measured detail (see `raywarp.flow.estimate`)."""
     with torch.no_grad():
         images = torch.cat([denoiser.decode(x0[a:b]) for a, b in spans]).clamp(0, 1)
-    fwd, bwd = rflow.restoration_flows(images.cpu(), observed.cpu(), grid)
+    fwd, bwd = rflow.restoration_flows(images.cpu(), observed.cpu(), grid, detail=detail)
     return ClipFlows(fwd, bwd, device)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage import data
 
-from raywarp import flow
+from raywarp import flow, inverse, synthetic
 from raywarp.metrics import epe
 
 ASTRONAUT = data.astronaut().astype(np.float32) / 255  # (512, 512, 3)
@@ -57,7 +57,7 @@ def test_estimate_recovers_translation(method, d):
 
 @pytest.mark.parametrize("preset,tol", [("ultrafast", 1.0), ("fast", 0.5), ("medium", 0.25)])
 def test_dis_presets_recover_translation_on_coffee(preset, tol):
-    # Faster presets stop at a coarser scale, hence the looser bounds.
+    # Faster presets search coarser patch grids with fewer iterations, hence the looser bounds.
     a, b = shifted_pair(3, -2, img=COFFEE, y0=120, x0=200)
     f = flow.estimate(a, b, method="dis", preset=preset)
     assert float(epe(interior(f, 16), interior(const_flow(3, -2, 96, 128), 16))) < tol
@@ -176,6 +176,7 @@ def test_raft_path_with_stub_torchvision(tmp_path, monkeypatch):
         (lambda a, b: flow.estimate(a, b, method="lucas"), r"^method: .*dis, farneback, raft"),
         (lambda a, b: flow.estimate(a, b, preset="slow"), r"^preset: .*ultrafast, fast, medium"),
         (lambda a, b: flow.estimate(a[..., :8, :8], b[..., :8, :8]), r"^a: DIS needs"),
+        (lambda a, b: flow.estimate(a, b, detail=0.5), r"^detail: .*at least 1"),
     ],
 )
 def test_estimate_bad_input_raises_value_error(make, match):
@@ -336,6 +337,42 @@ def test_consistency_mask_bad_input():
         flow.consistency_mask(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2, 8, 8))
 
 
+def test_trusted_matches_keep_clear_of_the_holes_in_both_frames():
+    h, w, m = 40, 60, flow.HOLE_MARGIN
+    observed = torch.ones(1, 1, h, w)
+    observed[..., 10:20, 20:30] = 0  # a static hole
+    fwd = const_flow(6, 0, h, w)  # the scene moves right by 6 px
+    trusted = flow.trusted_matches(fwd, observed, observed)[0, 0]
+    expected = torch.ones(h, w)
+    expected[:, w - 6 :] = 0  # lands outside frame 1
+    # starts within m px of the hole (columns 20 − m … 30 + m) or lands there (6 px to the left)
+    expected[10 - m : 20 + m, 20 - m - 6 : 30 + m] = 0
+    assert torch.equal(trusted, expected)
+
+
+def test_trusted_matches_without_holes_or_with_nothing_left():
+    fwd = const_flow(3, 0, 16, 16, b=2)
+    assert torch.equal(flow.trusted_matches(fwd, torch.ones(2, 1, 16, 16), torch.ones(2, 1, 16, 16)), torch.ones(2, 1, 16, 16))
+    speckled = torch.ones(2, 1, 16, 16)
+    speckled[0, :, ::4, ::4] = 0  # holes everywhere: nothing is clear of them, the observed pixels stand
+    speckled[1, :, :4, :4] = 0
+    trusted = flow.trusted_matches(fwd, speckled, speckled)
+    assert torch.equal(trusted[0], speckled[0])
+    assert trusted[1].sum() > 0 and not trusted[1, 0, :8, :8].any()
+
+
+def test_flow_around_a_static_hole_over_a_translating_scene():
+    # A logo over a pan: the hole matched to itself is consistent both ways, so only
+    # keeping matches clear of the hole gets the pan right around (and, densified, in) it.
+    size = (64, 64)
+    video, true = synthetic.affine_video("coffee", 4, size, synthetic.affine_motion(size, shift=(4.0, 0.0)))
+    op = inverse.Inpainting(inverse.parse_mask("rect:0.35,0.3,0.65,0.6", size, 4))
+    y = op.degrade(video)
+    fwd, bwd = flow.restoration_flows(op.baseline(y), op.known(y))
+    assert fwd.shape == bwd.shape == (3, 2, 64, 64)
+    assert float(epe(fwd, true)) < 0.2
+
+
 def test_motion_boundary_fires_at_discontinuity_only():
     h, w = 37, 53
     f = const_flow(1.0, 0.5, h, w)
@@ -353,3 +390,38 @@ def test_motion_boundary_silent_on_constant_and_smooth_flow():
     ys, xs = torch.meshgrid(torch.arange(37.0), torch.arange(53.0), indexing="ij")
     zoom = 0.02 * torch.stack([xs - 26, ys - 18])[None]
     assert torch.all(flow.motion_boundary(zoom) == 0)
+
+
+# --------------------------------------------------------------------------
+# detail: how far down DIS's pyramid goes
+
+
+@pytest.mark.parametrize("detail,level", [(1, 0), (2, 0), (4, 1), (8, 2)])
+def test_dis_stops_at_twice_the_sampling_of_the_detail(detail, level):
+    assert flow.dis_finest_scale(detail) == level
+
+
+def _coffee_video(motion):
+    size = (64, 64)
+    return synthetic.affine_video("coffee", 2, size, synthetic.affine_motion(size, **motion))
+
+
+@pytest.mark.parametrize("motion", [dict(zoom=1.03), dict(shift=(1.5, -0.75), angle_deg=1.0, zoom=1.02)])
+def test_sharp_frames_are_estimated_at_full_resolution(motion):
+    # The medium preset alone stops at half resolution: at 64² that misses sub-pixel
+    # motion by a third of a pixel or more.
+    video, true = _coffee_video(motion)
+    inside = flow.in_frame(true)[:, 0] > 0
+    err = {d: float((flow.estimate(video[:1], video[1:], detail=d) - true).norm(dim=1)[inside].mean()) for d in (1, 4)}
+    assert err[1] < 0.2 and err[1] < 0.6 * err[4], err
+
+
+def test_an_sr_baseline_is_estimated_at_its_detail_not_its_pixels():
+    # A half-input-pixel translation: the bicubic ×4 baseline's finest levels hold only
+    # aliasing, which pulls a full-resolution search off the motion.
+    video, true = _coffee_video(dict(shift=(2.0, 1.0)))
+    sr = inverse.SuperResolution(4, "bicubic")
+    base = sr.baseline(sr.degrade(video))
+    inside = flow.in_frame(true)[:, 0] > 0
+    err = {d: float((flow.estimate(base[:1], base[1:], detail=d) - true).norm(dim=1)[inside].mean()) for d in (1, 4)}
+    assert err[4] < 0.7 * err[1], err

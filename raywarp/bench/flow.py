@@ -12,7 +12,9 @@ scored where it is valid). Each is degraded as the pipeline's inputs are: SR ×4
 (the classical restoration at output size, as the pipeline does; for SR the
 low-resolution input, the flow then upsampled; the clean frames, the bound any guide
 could reach) and the estimator (OpenCV DIS at its three presets, Farneback). The flow
-is raw (before densification), forward, scored by mean EPE in output pixels.
+is raw, forward, scored by mean EPE in output pixels; for the baseline guide one more
+row scores the flow the pipeline samples along (DIS medium both ways, untrusted matches
+densified: `raywarp.flow.restoration_flows`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from raywarp.bench.sampler import scenes
 ESTIMATORS = {"DIS medium": ("dis", "medium"), "DIS fast": ("dis", "fast"), "DIS ultrafast": ("dis", "ultrafast"),
               "Farneback": ("farneback", "medium")}
 HOLE = "rect:0.35,0.3,0.65,0.6"
+DENSIFIED = "DIS medium, densified"  # as the pipeline samples along it (`rflow.restoration_flows`)
 
 
 def pairs(size: int, count: int) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -58,7 +61,8 @@ def benchmark(size: int, count: int) -> list[dict]:
     for name, clips in pairs(size, count).items():
         for task in ("SR ×4", "inpaint"):
             for guide in ("baseline", "input", "clean frames") if task == "SR ×4" else ("baseline", "clean frames"):
-                for label, (method, preset) in ESTIMATORS.items():
+                estimators = {**ESTIMATORS, **({DENSIFIED: ("dis", "medium")} if guide == "baseline" else {})}
+                for label, (method, preset) in estimators.items():
                     errors, seconds, frames = [], 0.0, 0
                     for video, true in clips:
                         t, (hh, ww) = video.shape[0], video.shape[-2:]
@@ -69,7 +73,11 @@ def benchmark(size: int, count: int) -> list[dict]:
                         if min(images.shape[-2:]) < 12 and method == "dis":  # DIS refuses tiny frames
                             break
                         start = time.perf_counter()
-                        flow = rflow.estimate(images[:-1], images[1:], method=method, preset=preset)
+                        detail = op.scale if guide == "baseline" and task == "SR ×4" else 1  # see rflow.estimate
+                        if label == DENSIFIED:  # the pipeline's flows: untrusted matches densified
+                            flow = rflow.restoration_flows(images, op.known(y), detail=detail)[0]
+                        else:
+                            flow = rflow.estimate(images[:-1], images[1:], method=method, preset=preset, detail=detail)
                         seconds += time.perf_counter() - start
                         frames += t - 1
                         errors.append(epe(rflow.resize_flow(flow, (hh, ww)), true))

@@ -8,10 +8,11 @@ Short videos of held-out photographs with known motion (integer translation, rot
 zoom, a moving layer over a moving background; or, with --translation, that one
 translation), restored by SR ×4 (bicubic degradation) and inpainting (a static hole).
 The sampler sees what a user's pipeline sees: flow estimated (DIS) on the baseline
-restoration, unreliable and unobserved flow densified (neuroexplicit). `--flow exact` hands the sampler the true flow instead, which
-separates what the sampler does from what flow estimation on tiny frames costs. For SR,
-`--flow-from input` estimates on the low-resolution input instead of the bicubic
-baseline (the pipeline's `flow_from`). Metrics against the ground truth: warping error
+restoration, densified (neuroexplicit) where it fails the forward–backward check or was
+not matched between observed pixels. `--flow exact` hands the sampler the true flow
+instead, which separates what the sampler does from what flow estimation on tiny frames
+costs. For SR, `--flow-from input` estimates on the low-resolution input instead of the
+bicubic baseline (the pipeline's `flow_from`). Metrics against the ground truth: warping error
 (Lai et al., with the exact flow), PSNR, SSIM, measurement error (RMS of A x − y),
 seconds per frame; for the estimated flow, its EPE against the exact forward flow and
 the seconds per frame it took (estimation and densification, both ways).
@@ -81,7 +82,7 @@ def benchmark(args) -> list[dict]:
                 if args.flow_from == "input" and task == tasks["sr"]:
                     fwd, bwd = rflow.restoration_flows(y, torch.ones(y.shape[0], 1, *y.shape[-2:]), size)
                 else:
-                    fwd, bwd = rflow.restoration_flows(baseline, op.known(y))
+                    fwd, bwd = rflow.restoration_flows(baseline, op.known(y), detail=getattr(op, "scale", 1))
                 flow_info = {"epe": float(metrics.epe(fwd, fwd_true)), "flow s/frame": (time.perf_counter() - start) / args.frames}
             else:
                 fwd, bwd = fwd_true, bwd_true

@@ -99,11 +99,14 @@ def flows(m: Measurement, config: RunConfig, device="cpu") -> tuple[torch.Tensor
         empty = torch.zeros(0, 2, *m.grid, device=device)
         return empty, empty
     if config.flow_from == "input" and config.task == "sr":
-        guide, observed = y, torch.ones(y.shape[0], 1, *y.shape[-2:])
+        guide, observed, detail = y, torch.ones(y.shape[0], 1, *y.shape[-2:]), 1.0
     else:  # an area-averaged mask is 1 only where every pixel it covers was observed
         guide = _resized(op.baseline(y), m.grid)
         observed = (_resized(op.known(y), m.grid) > 1 - 1e-6).float()
-    return rflow.restoration_flows(guide.to(device), observed.to(device), m.grid, config.flow_method, config.densify_method)
+        # an SR baseline holds detail only at the input's sampling, on the grid that many pixels
+        detail = max(getattr(op, "scale", 1) * m.grid[0] / op.output_size(y)[0], 1.0)
+    return rflow.restoration_flows(guide.to(device), observed.to(device), m.grid, config.flow_method,
+                                   config.densify_method, detail)
 
 
 def end_map(bwd: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
