@@ -1,7 +1,7 @@
 """Flow benchmark: how well each way of estimating motion on a degraded clip finds the
 true motion, and what it costs.
 
-    python -m raywarp.bench.flow [--size 64] [--pairs 8]
+    python -m raywarp.bench.flow [--size 64] [--pairs 8] [--detail-sweep]
 
 Sets (none seen by any trained part): the sampler benchmark's held-out scenes (a
 translation, a rotation, a zoom, a moving layer; `raywarp.bench.sampler.scenes`), pairs
@@ -89,6 +89,32 @@ def benchmark(size: int, count: int) -> list[dict]:
     return rows
 
 
+def detail_sweep(size: int, count: int, factors=(2, 4, 8), details=(1, 4, 8, 16)) -> list[dict]:
+    """How far down its pyramid DIS (medium) should go on each guide: EPE of the raw forward
+    flow on SR ×s bicubic baselines and the inpainting baseline for each `detail` passed to
+    `rflow.estimate` (1, 4, 8, 16: finest level 0, 1, 2, 3). Prints and returns the rows."""
+    rows = []
+    for name, clips in pairs(size, count).items():
+        for task in [f"SR ×{s}" for s in factors] + ["inpaint"]:
+            errors = {d: [] for d in details}
+            for video, true in clips:
+                if task == "inpaint":
+                    op = inverse.Inpainting(inverse.parse_mask(HOLE, video.shape[-2:], video.shape[0]))
+                else:  # crop to a multiple of the factor
+                    op = inverse.SuperResolution(int(task[4:]), "bicubic")
+                    h, w = (n - n % op.scale for n in video.shape[-2:])
+                    video, true = video[..., :h, :w], true[..., :h, :w]
+                images = op.baseline(op.degrade(video))
+                for d in details:
+                    errors[d].append(epe(rflow.estimate(images[:-1], images[1:], detail=d), true))
+            rows.append({"set": name, "task": task, **{f"detail {d} (level {rflow.dis_finest_scale(d)})": float(np.mean(e))
+                                                       for d, e in errors.items()}})
+    keys = list(rows[0])
+    print("\n".join([f"| {' | '.join(keys)} |", "|" + "---|" * len(keys)]
+                    + [f"| {r['set']} | {r['task']} | " + " | ".join(f"{r[k]:.3f}" for k in keys[2:]) + " |" for r in rows]))
+    return rows
+
+
 def format_table(rows: list[dict], header: bool = True) -> str:
     lines = ["| set | task | guide | estimator | EPE px | ms per pair |", "|---|---|---|---|---|---|"] if header else []
     lines += [f"| {r['set']} | {r['task']} | {r['guide']} | {r['estimator']} | {r['epe']:.3f} | {r['ms']:.1f} |"
@@ -100,11 +126,13 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="side of the generated frames (output size)")
     p.add_argument("--pairs", type=int, default=8, help="held-out perspective pairs")
+    p.add_argument("--detail-sweep", action="store_true",
+                   help="instead: DIS medium's error for each finest pyramid level on SR ×2/×4/×8 and inpainting baselines")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"flow benchmark: {args.size}² generated frames, {args.pairs} perspective pairs; "
           f"device: {platform.processor() or 'CPU'}, 1 thread")
-    return benchmark(args.size, args.pairs)
+    return (detail_sweep if args.detail_sweep else benchmark)(args.size, args.pairs)
 
 
 if __name__ == "__main__":
