@@ -307,6 +307,43 @@ def trusted_matches(fwd, observed0, observed1, margin: int = HOLE_MARGIN):
     return torch.where(empty.view(-1, 1, 1, 1), (o0 > 0.5).to(o0.dtype), trusted)
 
 
+def propagate(frames, known, fwd, bwd, sweeps: int = 2):
+    """Carry known pixels along the flows into the unknown ones (flow-guided propagation,
+    as video inpainting does before generating anything).
+
+    frames: (T, C, H, W); known: (T, 1, H, W), 1 = known; fwd / bwd: (T−1, 2, H, W) flows
+    t→t+1 and t+1→t, dense (in holes too: see `restoration_flows`). An unknown pixel of
+    frame t takes the value its flow finds in frame t+1 (or t−1) where all four pixels
+    around that point are known and inside the frame; a pixel filled so is known from
+    then on, so content travels across several frames. Each sweep runs back to front
+    (pulling from t+1), then front to back (from t−1). Bicubic, so a pixel carried over
+    n frames is resampled n times. Returns (frames, known) with the filled pixels.
+    """
+    x = as_batch(frames, "frames").clone()
+    k = (as_batch(known, "known", channels=1) > 0.5).to(x.dtype)
+    f = as_batch(fwd, "fwd", channels=2).to(x)
+    b = as_batch(bwd, "bwd", channels=2).to(x)
+    check_same_size(frames=x, known=k)
+    check_same_size(fwd=f, bwd=b)
+    t_count = x.shape[0]
+    if f.shape[0] != t_count - 1 or f.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"fwd: need {t_count - 1} flows of {tuple(x.shape[-2:])} for {t_count} frames, "
+                         f"got {tuple(f.shape)}")
+
+    def pull(t: int, source: int, flow: torch.Tensor) -> None:
+        landing = (warp(k[source : source + 1], flow, padding_mode="zeros") > 0.999).to(x.dtype)
+        fill = (1 - k[t : t + 1]) * landing * in_frame(flow)
+        x[t : t + 1] = torch.lerp(x[t : t + 1], warp(x[source : source + 1], flow, mode="bicubic"), fill)
+        k[t : t + 1] = k[t : t + 1] + fill
+
+    for _ in range(sweeps):
+        for t in range(t_count - 2, -1, -1):
+            pull(t, t + 1, f[t : t + 1])
+        for t in range(1, t_count):
+            pull(t, t - 1, b[t - 1 : t])
+    return to_like(x, frames), to_like(k, known)
+
+
 # Densification lives in its own package (solver, tensors, network); exported here
 # because it is part of the flow API the pipeline calls.
 from raywarp.densify import densify  # noqa: E402,F401

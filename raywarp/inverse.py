@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from raywarp.densify.solver import pyramid_inpaint
 from raywarp.densify.tensor_field import homogeneous_tensor
+from raywarp.flow import propagate
 from raywarp.tensors import as_batch, check_same_size, to_like
 
 __all__ = [
@@ -75,6 +76,8 @@ class Operator(Protocol):
     def output_size(self, y) -> tuple[int, int]: ...
     def measurement_error(self, x, y) -> float: ...  # RMS of A x − y
     def select(self, start: int, stop: int) -> "Operator": ...  # the operator of frames [start, stop)
+    # (operator, y) with what the flows carry into unobserved pixels observed too
+    def propagated(self, y, fwd, bwd, anchors=None) -> tuple["Operator", torch.Tensor]: ...
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -239,6 +242,10 @@ class SuperResolution:
         xt, yt = self._pair(x, y)
         return _rms(self._down(xt) - yt)
 
+    def propagated(self, y, fwd, bwd, anchors=None) -> tuple["SuperResolution", torch.Tensor]:
+        """(self, y): every output pixel is already constrained; nothing to carry."""
+        return self, y
+
     def select(self, start: int, stop: int) -> "SuperResolution":
         """The same operator: SR does not vary over frames."""
         return self
@@ -379,6 +386,21 @@ class Inpainting:
         m = self._mask_for(xt, "x")
         return to_like(torch.where(m.bool(), yt, xt), x)
 
+    def propagated(self, y, fwd, bwd, anchors=None) -> tuple["Inpainting", torch.Tensor]:
+        """The clip's operator and measurement with every hole pixel that the flows fwd /
+        bwd (T−1, 2, H, W, at output size) trace to an observed pixel of another frame
+        observed as that pixel (`raywarp.flow.propagate`): what was seen once is copied,
+        and only what no frame saw is left to generate. anchors: {frame: (C, H, W) image}
+        of frames known whole (restored by a neighbouring clip), sources like any other.
+        Returns (Inpainting with per-frame masks, y (T, C, H, W))."""
+        yt = as_batch(y, "y", allow_nan=True)
+        mask = self._mask_for(yt, "y").clone()
+        sources = torch.where(mask.bool(), yt, torch.zeros_like(yt))
+        for j, image in (anchors or {}).items():
+            sources[j], mask[j] = image.to(sources), 1
+        filled, known = propagate(sources, mask, fwd, bwd)
+        return Inpainting(known), to_like(filled.clamp(0, 1) * known, y)
+
     def baseline(self, y):
         """Harmonic (Laplace) fill of every channel in the holes (`laplace_fill`)."""
         yt = as_batch(y, "y", allow_nan=True)
@@ -462,6 +484,10 @@ class Denoising:
         xt, yt = as_batch(x, "x"), as_batch(y, "y")
         check_same_size(x=xt, y=yt)
         return _rms(xt - yt.to(xt))
+
+    def propagated(self, y, fwd, bwd, anchors=None) -> tuple["Denoising", torch.Tensor]:
+        """(self, y): every pixel is observed (with noise); nothing to carry."""
+        return self, y
 
     def select(self, start: int, stop: int) -> "Denoising":
         return self

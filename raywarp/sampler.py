@@ -77,6 +77,10 @@ class SamplerConfig:
     # Self-guidance's flows re-estimated on the sampler's own prediction x̂0 (sharper than
     # the baseline the first estimate had) after this fraction of the steps; 0: never.
     reestimate_flow_at: float = 0.0
+    # In the modes that follow the flow: unobserved pixels that the flows trace to an
+    # observed pixel of another frame are copied from there and sampled as observed
+    # (`Operator.propagated`; inpainting). `independent` and `fixed` stay per frame.
+    propagate: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -272,6 +276,9 @@ def sample_clip(
     if config.mode in NOISE_OF_MODE and noise_coords is None:
         noise_coords = chain_coords(bwd.double(), h, w)
 
+    if config.propagate and config.mode in NOISE_OF_MODE and t > 1:  # what another frame saw is copied, not generated
+        size = (height, width)
+        operator, y = operator.propagated(y, rflow.resize_flow(fwd, size), rflow.resize_flow(bwd, size), anchors=known)
     y = y.to(device)
     baseline = operator.baseline(y)
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,

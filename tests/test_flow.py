@@ -425,3 +425,34 @@ def test_an_sr_baseline_is_estimated_at_its_detail_not_its_pixels():
     inside = flow.in_frame(true)[:, 0] > 0
     err = {d: float((flow.estimate(base[:1], base[1:], detail=d) - true).norm(dim=1)[inside].mean()) for d in (1, 4)}
     assert err[4] < 0.7 * err[1], err
+
+
+# --------------------------------------------------------------------------
+# propagate
+
+
+def test_propagate_copies_what_another_frame_saw_and_leaves_the_rest():
+    # Four crops panning 3 px per frame under a static hole 20 px wide: a hole pixel is
+    # filled exactly when the content under it shows in some other frame, else left.
+    t_count, h, w, d, hole = 4, 24, 64, 3, (20, 40)
+    frames = torch.cat([shifted_pair(d * t, 0, h=h, w=w)[1] for t in range(t_count)])
+    known = torch.ones(t_count, 1, h, w)
+    known[..., hole[0] : hole[1]] = 0
+    fwd, bwd = const_flow(d, 0, h, w, t_count - 1), const_flow(-d, 0, h, w, t_count - 1)
+    filled, now_known = flow.propagate(frames * known, known, fwd, bwd)
+    expected = torch.zeros(t_count, w, dtype=torch.bool)
+    for t in range(t_count):  # column c of frame t shows in frame s at c + d (s − t)
+        for c in range(w):
+            expected[t, c] = any(0 <= c + d * (s - t) < w and not hole[0] <= c + d * (s - t) < hole[1]
+                                 for s in range(t_count))
+    assert torch.equal(now_known[:, 0].bool(), expected[:, None, :].expand(-1, h, -1))
+    assert torch.allclose(filled * now_known, frames * now_known, atol=1e-5)
+    assert not now_known[0, 0, :, 20:31].any() and now_known[0, 0, :, 31:40].all()
+
+
+def test_propagate_bad_input():
+    frames, known = torch.zeros(3, 3, 8, 8), torch.ones(3, 1, 8, 8)
+    with pytest.raises(ValueError, match="^fwd: need 2 flows"):
+        flow.propagate(frames, known, torch.zeros(3, 2, 8, 8), torch.zeros(3, 2, 8, 8))
+    with pytest.raises(ValueError, match="^known: shape"):
+        flow.propagate(frames, known[:2], torch.zeros(2, 2, 8, 8), torch.zeros(2, 2, 8, 8))

@@ -411,3 +411,25 @@ def test_hole_values_are_ignored():
     assert torch.equal(op.project(x * 0, poisoned), op.project(x * 0, y))
     with pytest.raises(ValueError, match="y:"):
         laplace_fill(torch.full_like(y, float("nan")), op.known(y))
+
+
+def test_propagated_operators():
+    frames = torch.rand(3, 3, 16, 16)
+    fwd, bwd = torch.zeros(2, 2, 16, 16), torch.zeros(2, 2, 16, 16)
+    fwd[:, 0], bwd[:, 0] = 4.0, -4.0  # the scene moves right by 4 px a frame
+    for op in (SuperResolution(2), Denoising(0.1)):
+        y = op.degrade(frames)
+        same_op, same_y = op.propagated(y, fwd, bwd)
+        assert same_op is op and same_y is y
+    op = Inpainting(parse_mask("rect:0,0,4,16", (16, 16), 3))  # a static strip at the left edge
+    y = op.degrade(frames)
+    carried_op, carried = op.propagated(y, fwd, bwd)
+    assert carried_op.frames == 3 and carried.shape == y.shape
+    mask = carried_op.mask
+    assert torch.equal(mask * op.mask, op.mask.expand(3, -1, -1, -1))  # observed pixels stay observed, as they were
+    assert torch.equal(carried * op.mask, y * op.mask)
+    assert mask[0].all() and mask[1].all() and not mask[2, 0, :, :4].any()  # the last frame's strip was never seen
+    assert torch.equal(carried * (1 - mask), torch.zeros_like(carried))
+    anchor = torch.rand(3, 16, 16)  # the last frame known whole (a neighbouring clip restored it)
+    anchored_op, anchored = op.propagated(y, fwd, bwd, anchors={2: anchor})
+    assert anchored_op.mask.all() and torch.equal(anchored[2], anchor)

@@ -2,7 +2,7 @@
 
     python -m raywarp.bench.sampler [--frames 6] [--size 64] [--steps 20] [--model default] [--flow estimated|exact]
                                     [--flow-from baseline|input] [--tasks sr inpaint] [--modes ...]
-                                    [--translation DX DY]
+                                    [--translation DX DY] [--no-propagate]
 
 Short videos of held-out photographs with known motion (integer translation, rotation,
 zoom, a moving layer over a moving background; or, with --translation, that one
@@ -88,19 +88,23 @@ def benchmark(args) -> list[dict]:
                 fwd, bwd = fwd_true, bwd_true
             rows.append({"scene": scene, "task": task, "mode": "baseline", "s/frame": 0.0, **flow_info,
                          **evaluate(baseline, video, fwd_true, bwd_true, op, y)})
+            if args.propagate and task == tasks["inpaint"]:  # the classical video inpainting: carry, then fill
+                carried_op, carried = op.propagated(y, fwd, bwd)
+                rows.append({"scene": scene, "task": task, "mode": "baseline (propagated)", "s/frame": 0.0, **flow_info,
+                             **evaluate(carried_op.baseline(carried), video, fwd_true, bwd_true, op, y)})
             variants = [(m, g) for m in args.modes for g in (args.guidance_methods if m in GUIDED else [None])]
             for mode, method in variants:
                 cfg = SamplerConfig(mode=mode, steps=args.steps, guidance=args.guidance, strength=args.strength,
                                     guidance_method=method or "gradient", guidance_schedule=args.guidance_schedule,
                                     length_scale=spec.get("length_scale", SamplerConfig.length_scale), batch_size=args.frames,
-                                    reestimate_flow_at=args.reestimate_flow_at)
+                                    reestimate_flow_at=args.reestimate_flow_at, propagate=args.propagate)
                 start = time.perf_counter()
                 out = sample_clip(denoiser, op, y, fwd, bwd, seed=args.seed, config=cfg).frames
                 seconds = (time.perf_counter() - start) / args.frames
                 label = f"{mode} ({method})" if method and len(args.guidance_methods) > 1 else mode
                 rows.append({"scene": scene, "task": task, "mode": label, "s/frame": seconds, **flow_info,
                              **evaluate(out, video, fwd_true, bwd_true, op, y)})
-            n = len(variants) + 1
+            n = len(variants) + 1 + (args.propagate and task == tasks["inpaint"])
             print(format_table(rows[-n:], header=not rows[:-n]), flush=True)
     return rows
 
@@ -147,6 +151,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     p.add_argument("--reestimate-flow-at", type=float, default=SamplerConfig.reestimate_flow_at,
                    help="re-estimate self-guidance's flows on x̂0 after this fraction of the steps (0: never)")
+    p.add_argument("--propagate", action=argparse.BooleanOptionalAction, default=SamplerConfig.propagate,
+                   help="inpainting: copy what the flow traces to another frame's observed pixels before sampling")
     p.add_argument("--translation", type=float, nargs=2, metavar=("DX", "DY"),
                    help="only a translation by (DX, DY) output pixels per frame (multiples of 4: whole input pixels for SR ×4)")
     p.add_argument("--model", default="default")
