@@ -95,19 +95,19 @@ def detail_sweep(size: int, count: int, factors=(2, 4, 8), details=(1, 4, 8, 16)
     `rflow.estimate` (1, 4, 8, 16: finest level 0, 1, 2, 3). Prints and returns the rows."""
     rows = []
     for name, clips in pairs(size, count).items():
-        for task in [f"SR ×{s}" for s in factors] + ["inpaint"]:
+        for factor in (*factors, None):  # None: inpainting
             errors = {d: [] for d in details}
             for video, true in clips:
-                if task == "inpaint":
+                if factor is None:
                     op = inverse.Inpainting(inverse.parse_mask(HOLE, video.shape[-2:], video.shape[0]))
                 else:  # crop to a multiple of the factor
-                    op = inverse.SuperResolution(int(task[4:]), "bicubic")
-                    h, w = (n - n % op.scale for n in video.shape[-2:])
+                    op = inverse.SuperResolution(factor, "bicubic")
+                    h, w = (n - n % factor for n in video.shape[-2:])
                     video, true = video[..., :h, :w], true[..., :h, :w]
                 images = op.baseline(op.degrade(video))
                 for d in details:
                     errors[d].append(epe(rflow.estimate(images[:-1], images[1:], detail=d), true))
-            rows.append({"set": name, "task": task, **{f"detail {d} (level {rflow.dis_finest_scale(d)})": float(np.mean(e))
+            rows.append({"set": name, "task": f"SR ×{factor}" if factor else "inpaint", **{f"detail {d} (level {rflow.dis_finest_scale(d)})": float(np.mean(e))
                                                        for d, e in errors.items()}})
     keys = list(rows[0])
     print("\n".join([f"| {' | '.join(keys)} |", "|" + "---|" * len(keys)]
