@@ -64,6 +64,24 @@ def test_a_live_holder_refuses_another_run_by_name(dst):
     assert lease_files(dst)[0] == "000000000001.beat" and len(lease_files(dst)) == 3  # the refused run wrote nothing
 
 
+def test_a_create_whose_reply_was_lost_is_this_runs_own(dst, monkeypatch):
+    # S3 wrote the marker, the reply was lost, the retried create-once PUT found it (412):
+    # the run must see its own marker, not "another run".
+    manifest = Manifest(*dst)
+    write = manifest.write_bytes
+
+    def reply_lost(rel, data, create=False):
+        write(rel, data, create=create)
+        if create:
+            raise FileExistsError(rel)
+
+    monkeypatch.setattr(manifest, "write_bytes", reply_lost)
+    lease = Lease(manifest, **FAST).acquire()
+    assert lease.generation == 1 and marker(dst, 1)["owner"] == lease.owner
+    lease.release()
+    assert "000000000001.released" in lease_files(dst)
+
+
 def test_a_holder_on_another_machine_counts_only_by_its_heartbeat(dst):
     """Its pid means nothing here: it is refused while its beat is fresh, whatever the pid."""
     manifest = Manifest(*dst)

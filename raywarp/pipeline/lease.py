@@ -135,6 +135,10 @@ class Lease:
                     holder = self._holder(top, files[top])
                 except FileNotFoundError:
                     continue  # cleaned up by a newer holder since the listing
+                if holder.marker["owner"] == self.owner and not holder.released:
+                    # our own create, whose reply was lost and whose retry then found it
+                    self._hold(top, files)
+                    return self
                 if not holder.gone(time.time()):
                     raise LeaseHeldError(self._held_message(holder))
             try:
