@@ -44,7 +44,8 @@ _RANGE_SLACK = 0.1
 # estimation
 
 
-def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, detail: float = 1.0):
+def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, detail: float = 1.0, *,
+             dis_level: int | None = None, blur: float | None = None):
     """Dense forward flow from frames `a` to `b`.
 
     a, b: (B, 3, H, W) RGB in [0, 1], torch or numpy ((3, H, W) also accepted).
@@ -52,11 +53,14 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, de
         (torchvision raft_large, needs `weights`).
     preset: DIS speed/quality preset, one of "ultrafast", "fast", "medium"
         (validated for every method, used only by "dis"): patch size and iterations;
-        the finest pyramid level follows `detail` instead (`dis_finest_scale`).
+        the finest pyramid level and a blur follow `detail` instead (`dis_finest_scale`,
+        `antialias_sigma`).
     weights: path to a local RAFT-large state dict (.pth/.pt or .safetensors);
         required for method="raft", ignored otherwise. Never downloaded.
     detail: how many pixels of the frames one pixel of real detail spans: 1 for sharp
         frames, s for a baseline upsampled ×s (SR). Used only by "dis".
+    dis_level, blur: override what `detail` sets (DIS's finest level, the Gaussian σ in
+        px), to measure the rule (`python -m raywarp.bench.flow --detail-sweep`).
     Returns (B, 2, H, W) flow f with a(p) ≈ b(p + f(p)), float32, on a's
     device (numpy if `a` was numpy).
     """
@@ -66,6 +70,10 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, de
         raise ValueError(f"preset: unknown {preset!r}, expected one of {', '.join(DIS_PRESETS)}")
     if not detail >= 1:
         raise ValueError(f"detail: pixels per pixel of detail, at least 1, got {detail!r}")
+    if dis_level is not None and not (isinstance(dis_level, int) and dis_level >= 0):
+        raise ValueError(f"dis_level: a pyramid level, an int >= 0, got {dis_level!r}")
+    if blur is not None and not blur >= 0:
+        raise ValueError(f"blur: a Gaussian σ in pixels, >= 0, got {blur!r}")
     ta = as_batch(a, "a", channels=3)
     tb = as_batch(b, "b", channels=3)
     if ta.shape != tb.shape:
@@ -78,32 +86,48 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, de
     if method == "raft":
         flow = _raft(ta, tb, weights)
     else:
-        flow = _opencv(ta, tb, method, preset, dis_finest_scale(detail))
+        level = dis_finest_scale(detail) if dis_level is None else dis_level
+        flow = _opencv(ta, tb, method, preset, level, antialias_sigma(detail) if blur is None else blur)
     return to_like(flow, a)
+
+
+def antialias_sigma(detail: float) -> float:
+    """Gaussian σ (pixels) DIS's frames are blurred with when their detail spans `detail`
+    pixels: none for sharp frames; a quarter of the input's pixel for a baseline upsampled
+    ×s. Above the input's Nyquist frequency a bicubic baseline holds aliasing, which moves
+    differently from the scene and pulls the patch search off the true motion; a wider
+    blur also takes the texture the search needs."""
+    return detail / 4 if detail > 1 else 0.0
 
 
 def dis_finest_scale(detail: float) -> int:
     """DIS's finest pyramid level (0: full resolution) for frames whose detail spans
     `detail` pixels: full resolution for sharp frames; for a baseline upsampled ×s, the
     level at twice the input's sampling, finer than which the frames hold only
-    interpolation and aliasing that mislead the patch search. (The presets stop at level
-    1 or 2 to save time, which costs sharp frames their finest motion.)"""
+    interpolation, aliasing and codec noise that mislead the patch search. (The presets
+    stop at level 1 or 2 to save time, which costs sharp frames their finest motion.)"""
     return max(0, round(math.log2(detail)) - 1)
 
 
-def _to_gray_u8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W) uint8 luma, the input OpenCV flow wants."""
+def _to_gray_u8(x: torch.Tensor, sigma: float = 0.0) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W) uint8 luma, the input OpenCV flow wants,
+    blurred by a Gaussian of `sigma` px first (none at 0)."""
     w = torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1)
-    y = (x.detach().float().cpu() * w).sum(1).clamp(0, 1)
-    return (y * 255).round().to(torch.uint8).numpy()
+    y = (x.detach().float().cpu() * w).sum(1).clamp(0, 1).numpy()
+    if sigma > 0:
+        y = np.stack([cv2.GaussianBlur(g, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) for g in y])
+    return np.round(y * 255).astype(np.uint8)
 
 
-def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str, finest_scale: int) -> torch.Tensor:
+def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str, finest_scale: int,
+            sigma: float) -> torch.Tensor:
     _, _, h, w = a.shape
     if method == "dis" and max(h, w) < 12:
         # OpenCV's DIS refuses images with both sides < 12 px (cv2.error otherwise).
         raise ValueError(f"a: DIS needs width or height >= 12, got {h}x{w}; use method='farneback'")
-    ga, gb = _to_gray_u8(a), _to_gray_u8(b)
+    if method != "dis":
+        sigma = 0.0  # `detail` is DIS's
+    ga, gb = _to_gray_u8(a, sigma), _to_gray_u8(b, sigma)
     if method == "dis":
         dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
         dis.setFinestScale(finest_scale)

@@ -177,6 +177,8 @@ def test_raft_path_with_stub_torchvision(tmp_path, monkeypatch):
         (lambda a, b: flow.estimate(a, b, preset="slow"), r"^preset: .*ultrafast, fast, medium"),
         (lambda a, b: flow.estimate(a[..., :8, :8], b[..., :8, :8]), r"^a: DIS needs"),
         (lambda a, b: flow.estimate(a, b, detail=0.5), r"^detail: .*at least 1"),
+        (lambda a, b: flow.estimate(a, b, dis_level=-1), r"^dis_level: "),
+        (lambda a, b: flow.estimate(a, b, blur=-0.5), r"^blur: "),
     ],
 )
 def test_estimate_bad_input_raises_value_error(make, match):
@@ -396,9 +398,10 @@ def test_motion_boundary_silent_on_constant_and_smooth_flow():
 # detail: how far down DIS's pyramid goes
 
 
-@pytest.mark.parametrize("detail,level", [(1, 0), (2, 0), (4, 1), (8, 2)])
-def test_dis_stops_at_twice_the_sampling_of_the_detail(detail, level):
+@pytest.mark.parametrize("detail,level,sigma", [(1, 0, 0.0), (2, 0, 0.5), (4, 1, 1.0), (8, 2, 2.0)])
+def test_dis_level_and_blur_follow_the_detail(detail, level, sigma):
     assert flow.dis_finest_scale(detail) == level
+    assert flow.antialias_sigma(detail) == sigma
 
 
 def _coffee_video(motion):
@@ -412,8 +415,9 @@ def test_sharp_frames_are_estimated_at_full_resolution(motion):
     # motion by a third of a pixel or more.
     video, true = _coffee_video(motion)
     inside = flow.in_frame(true)[:, 0] > 0
-    err = {d: float((flow.estimate(video[:1], video[1:], detail=d) - true).norm(dim=1)[inside].mean()) for d in (1, 4)}
-    assert err[1] < 0.2 and err[1] < 0.6 * err[4], err
+    err = {level: float((flow.estimate(video[:1], video[1:], dis_level=level) - true).norm(dim=1)[inside].mean())
+           for level in (None, 1)}  # None: the rule's, for detail 1
+    assert err[None] < 0.2 and err[None] < 0.6 * err[1], err
 
 
 def test_an_sr_baseline_is_estimated_at_its_detail_not_its_pixels():
@@ -425,6 +429,18 @@ def test_an_sr_baseline_is_estimated_at_its_detail_not_its_pixels():
     inside = flow.in_frame(true)[:, 0] > 0
     err = {d: float((flow.estimate(base[:1], base[1:], detail=d) - true).norm(dim=1)[inside].mean()) for d in (1, 4)}
     assert err[4] < 0.7 * err[1], err
+
+
+def test_an_sr_baseline_is_blurred_before_its_motion_is_searched():
+    # The same translation, with and without the rule's anti-alias blur: above the input's
+    # Nyquist frequency the aliasing moves differently from the scene.
+    video, true = _coffee_video(dict(shift=(2.0, 1.0)))
+    sr = inverse.SuperResolution(4, "bicubic")
+    base = sr.baseline(sr.degrade(video))
+    inside = flow.in_frame(true)[:, 0] > 0
+    err = {blur: float((flow.estimate(base[:1], base[1:], detail=4, blur=blur) - true).norm(dim=1)[inside].mean())
+           for blur in (0.0, None)}  # None: the rule's σ
+    assert err[None] < 0.9 * err[0.0], err
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Flow benchmark: how well each way of estimating motion on a degraded clip finds the
 true motion, and what it costs.
 
-    python -m raywarp.bench.flow [--size 64] [--pairs 8] [--detail-sweep]
+    python -m raywarp.bench.flow [--size 64] [--pairs 8] [--detail-sweep [--h264]]
 
 Sets (none seen by any trained part): the sampler benchmark's held-out scenes (a
 translation, a rotation, a zoom, a moving layer; `raywarp.bench.sampler.scenes`), pairs
@@ -20,8 +20,11 @@ densified: `raywarp.flow.restoration_flows`).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import tempfile
 import time
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ import torch
 from raywarp import flow as rflow
 from raywarp import inverse, metrics, synthetic
 from raywarp.bench.sampler import scenes
+from raywarp.pipeline.decode import decode_span
+from raywarp.pipeline.encode import encode_video
+from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
 ESTIMATORS = {"DIS medium": ("dis", "medium"), "DIS fast": ("dis", "fast"), "DIS ultrafast": ("dis", "ultrafast"),
               "Farneback": ("farneback", "medium")}
@@ -89,29 +95,43 @@ def benchmark(size: int, count: int) -> list[dict]:
     return rows
 
 
-def detail_sweep(size: int, count: int, factors=(2, 4, 8), details=(1, 4, 8, 16)) -> list[dict]:
-    """How far down its pyramid DIS (medium) should go on each guide: EPE of the raw forward
-    flow on SR ×s bicubic baselines and the inpainting baseline for each `detail` passed to
-    `rflow.estimate` (1, 4, 8, 16: finest level 0, 1, 2, 3). Prints and returns the rows."""
+def h264(frames: torch.Tensor, folder: str) -> torch.Tensor:
+    """`frames` (T, 3, H, W) through H.264 at CRF 8 and back, as `raywarp demo` writes its inputs."""
+    path = os.path.join(folder, "clip.mp4")
+    encode_video(iter(tensor_to_frames(frames)), path, Fraction(24), crf=8)
+    return frames_to_tensor(decode_span(path, 0, frames.shape[0]))
+
+
+def detail_sweep(size: int, count: int, codec: bool = False, factors=(2, 4, 8), levels=(0, 1, 2)) -> list[dict]:
+    """How DIS (medium) should treat each guide: EPE of the raw forward flow on SR ×s bicubic
+    baselines and the inpainting baseline for each finest pyramid level, unblurred and
+    blurred by σ = s/4 and s/2 (`rflow.antialias_sigma`'s choice and twice it), and for the
+    rule (`rflow.estimate(detail=s)`). codec: SR inputs go through H.264 first. Prints and
+    returns the rows."""
     rows = []
-    for name, clips in pairs(size, count).items():
-        for factor in (*factors, None):  # None: inpainting
-            errors = {d: [] for d in details}
-            for video, true in clips:
-                if factor is None:
-                    op = inverse.Inpainting(inverse.parse_mask(HOLE, video.shape[-2:], video.shape[0]))
-                else:  # crop to a multiple of the factor
-                    op = inverse.SuperResolution(factor, "bicubic")
-                    h, w = (n - n % factor for n in video.shape[-2:])
-                    video, true = video[..., :h, :w], true[..., :h, :w]
-                images = op.baseline(op.degrade(video))
-                for d in details:
-                    errors[d].append(epe(rflow.estimate(images[:-1], images[1:], detail=d), true))
-            rows.append({"set": name, "task": f"SR ×{factor}" if factor else "inpaint", **{f"detail {d} (level {rflow.dis_finest_scale(d)})": float(np.mean(e))
-                                                       for d, e in errors.items()}})
-    keys = list(rows[0])
-    print("\n".join([f"| {' | '.join(keys)} |", "|" + "---|" * len(keys)]
-                    + [f"| {r['set']} | {r['task']} | " + " | ".join(f"{r[k]:.3f}" for k in keys[2:]) + " |" for r in rows]))
+    with tempfile.TemporaryDirectory() as folder:
+        for name, clips in pairs(size, count).items():
+            for factor in (*factors, None):  # None: inpainting
+                detail = factor or 1
+                blurs = (0.0, detail / 4, detail / 2) if factor else (0.0,)
+                settings = {f"level {lv}, σ {b:g}": dict(dis_level=lv, blur=b) for b in blurs for lv in levels}
+                settings[f"rule (level {rflow.dis_finest_scale(detail)}, σ {rflow.antialias_sigma(detail):g})"] = {}
+                errors = {k: [] for k in settings}
+                for video, true in clips:
+                    if factor is None:
+                        op = inverse.Inpainting(inverse.parse_mask(HOLE, video.shape[-2:], video.shape[0]))
+                    else:  # crop to a multiple of the factor
+                        op = inverse.SuperResolution(factor, "bicubic")
+                        h, w = (n - n % factor for n in video.shape[-2:])
+                        video, true = video[..., :h, :w], true[..., :h, :w]
+                    y = op.degrade(video)
+                    images = op.baseline(h264(y, folder) if codec and factor else y)
+                    for key, options in settings.items():
+                        errors[key].append(epe(rflow.estimate(images[:-1], images[1:], detail=detail, **options), true))
+                rows.append({"set": name, "task": f"SR ×{factor}" if factor else "inpaint",
+                             **{k: float(np.mean(e)) for k, e in errors.items()}})
+                print(f"| {name} | {rows[-1]['task']} | "
+                      + " | ".join(f"{k}: {v:.3f}" for k, v in list(rows[-1].items())[2:]) + " |", flush=True)
     return rows
 
 
@@ -127,12 +147,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=64, help="side of the generated frames (output size)")
     p.add_argument("--pairs", type=int, default=8, help="held-out perspective pairs")
     p.add_argument("--detail-sweep", action="store_true",
-                   help="instead: DIS medium's error for each finest pyramid level on SR ×2/×4/×8 and inpainting baselines")
+                   help="instead: DIS medium's error for each finest pyramid level, with and without the anti-alias "
+                        "blur, on SR ×2/×4/×8 and inpainting baselines")
+    p.add_argument("--h264", action="store_true", help="with --detail-sweep: SR inputs go through H.264 (CRF 8) first")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"flow benchmark: {args.size}² generated frames, {args.pairs} perspective pairs; "
           f"device: {platform.processor() or 'CPU'}, 1 thread")
-    return (detail_sweep if args.detail_sweep else benchmark)(args.size, args.pairs)
+    if args.detail_sweep:
+        return detail_sweep(args.size, args.pairs, args.h264)
+    return benchmark(args.size, args.pairs)
 
 
 if __name__ == "__main__":
