@@ -29,7 +29,7 @@ from raywarp.densify.training import TrainConfig, train_steps, training_batch
 def train_loop_per_worker(config: dict) -> None:
     cfg = TrainConfig(**config)
     torch.manual_seed(cfg.seed)  # same initial weights on every worker
-    model = DensifierUNet()
+    model = (load_densifier(cfg.init) if cfg.init else DensifierUNet()).train()
     net = ray_train.prepare(model)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     schedule = ray_train.cosine_schedule(optimiser, cfg.iterations)
@@ -37,7 +37,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     progress = ray_train.Progress(cfg.iterations, "epe", lambda d: save_densifier(model, d / "densifier.safetensors"))
     for it in range(1, cfg.iterations + 1):
-        batch = {k: v.to(device) for k, v in training_batch(rng, cfg.batch, cfg.size, cfg.motions).items()}
+        size = cfg.sizes[it % len(cfg.sizes)]
+        batch = {k: v.to(device) for k, v in training_batch(rng, cfg.batch, size, cfg.motions).items()}
         progress.add(it, train_steps(net, optimiser, batch, cfg.steps))
         schedule.step()
 
@@ -47,16 +48,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=defaults.iterations)
     p.add_argument("--batch", type=int, default=defaults.batch, help="scenes per worker per step")
-    p.add_argument("--size", type=int, default=defaults.size, help="square crop size in pixels")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(defaults.sizes),
+                   help="square crop sides in pixels, taken in turn (over 128: with the extra coarse levels)")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--motions", nargs="+", choices=synthetic.MOTIONS, default=list(defaults.motions), help="scene kinds")
+    p.add_argument("--init", type=Path, help="weights to fine-tune from (default: random initial weights)")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     ray_train.add_cluster_args(p)
     args = p.parse_args(argv)
 
-    cfg = dataclasses.replace(defaults, iterations=args.iterations, batch=args.batch, size=args.size, lr=args.lr, seed=args.seed,
-                              motions=tuple(args.motions))
+    if args.init is not None and not args.init.is_file():
+        p.error(f"--init: no weights file at {args.init}")
+    cfg = dataclasses.replace(defaults, iterations=args.iterations, batch=args.batch, sizes=tuple(args.sizes), lr=args.lr,
+                              seed=args.seed, motions=tuple(args.motions), init=args.init and str(args.init.resolve()))
     result = ray_train.fit(train_loop_per_worker, dataclasses.asdict(cfg), args, "train_densifier")
     with result.checkpoint.as_directory() as ckpt:
         model = load_densifier(Path(ckpt) / "densifier.safetensors")

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from raywarp.densify.network import load_densifier
+from raywarp.densify.network import DEFAULT_WEIGHTS, load_densifier
 from raywarp.models import load_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,23 @@ def local_ray(tmp_path_factory):
 def test_train_densifier_job_writes_loadable_weights(local_ray, tmp_path, monkeypatch):
     out = tmp_path / "d.safetensors"
     monkeypatch.setattr(sys, "argv", ["train_densifier.py", "--iterations", "2"])
-    assert job("train_densifier").main(["--iterations", "2", "--batch", "2", "--size", "32", "--cpus-per-worker", "1",
+    assert job("train_densifier").main(["--iterations", "2", "--batch", "2", "--sizes", "32", "--cpus-per-worker", "1",
                                         "--out", str(out), "--storage", str(tmp_path / "runs")]) == 0
     assert load_densifier(out).levels == 4
     assert "jobs/train_densifier.py --iterations 2" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_train_densifier_job_fine_tunes_from_weights_on_large_crops(local_ray, tmp_path, monkeypatch):
+    # lr 0: the result must be the starting weights exactly; 136 px crops run the extra
+    # coarse level inference gives frames over 128 px.
+    out = tmp_path / "d.safetensors"
+    monkeypatch.setattr(sys, "argv", ["train_densifier.py"])
+    assert job("train_densifier").main(["--iterations", "1", "--batch", "1", "--sizes", "136", "--lr", "0",
+                                        "--init", str(DEFAULT_WEIGHTS), "--cpus-per-worker", "1",
+                                        "--out", str(out), "--storage", str(tmp_path / "runs")]) == 0
+    tuned, shipped = load_densifier(out).state_dict(), load_densifier().state_dict()
+    assert tuned.keys() == shipped.keys() and all(torch.equal(tuned[k], shipped[k]) for k in shipped)
 
 
 @pytest.mark.slow

@@ -35,6 +35,14 @@ def shipped_model(device: str) -> DensifierUNet:
     return load_densifier(device=device).requires_grad_(False)  # inference: no autograd graph
 
 
+def network_fields(net: DensifierUNet, image: torch.Tensor, known: torch.Tensor, flow: torch.Tensor):
+    """The solver's tensor function for a densifier network: its fields on its own levels,
+    homogeneous diffusion on any coarser one (there it only carries the surrounding motion
+    into the middle of large holes). Training and inference share it."""
+    fields = net(image, known, flow)
+    return lambda level, img: fields[level] if level < len(fields) else homogeneous_tensor(img)
+
+
 def level_steps(height: int, width: int, steps: Sequence[int], coarsest_side: int | None = COARSEST_SIDE) -> list[int]:
     """Steps per pyramid level, coarsest first: `steps` for the finest len(steps) levels,
     preceded by extra levels of steps[0] each until the coarsest level's longer side is
@@ -100,10 +108,7 @@ def densify(
         net = model if model is not None else shipped_model(str(flow_t.device))
         if len(steps) != net.levels:
             raise ValueError(f"steps: the neuroexplicit network has {net.levels} levels, got {len(steps)} step counts")
-        fields = net(image_t, known, flow_t)
-
-        def field_fn(level, img):  # levels coarser than the network's: homogeneous
-            return fields[level] if level < len(fields) else homogeneous_tensor(img)
+        field_fn = network_fields(net, image_t, known, flow_t)
     else:
         tensor = homogeneous_tensor if method == "laplace" else eed_tensor
         field_fn = lambda level, img: tensor(img)  # noqa: E731

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from raywarp import synthetic
+from raywarp.densify import level_steps, network_fields
 from raywarp.densify.network import DensifierUNet
 from raywarp.densify.solver import pyramid_inpaint
 
@@ -23,13 +24,16 @@ from raywarp.densify.solver import pyramid_inpaint
 class TrainConfig:
     iterations: int = 3000
     batch: int = 8
-    size: int = 96
+    # Square crop sides, taken in turn: sides over 128 px get the extra coarse levels
+    # inference gives large frames (`raywarp.densify.level_steps`).
+    sizes: tuple[int, ...] = (96,)
     lr: float = 1e-3
     steps: tuple[int, ...] = (5, 15, 30, 45)
     seed: int = 0
     # Scene kinds (synthetic.MOTIONS). Adding "perspective" measured worse at 3000
     # iterations, on the perspective scenes too (README, Flow densification).
     motions: tuple[str, ...] = ("affine",)
+    init: str | None = None  # weights to start from (fine-tuning); None: random
 
 
 def training_batch(rng: np.random.Generator, batch: int, size: int, motions=("affine",)) -> dict[str, torch.Tensor]:
@@ -40,9 +44,10 @@ def training_batch(rng: np.random.Generator, batch: int, size: int, motions=("af
 
 
 def densify_with(model: DensifierUNet, image, flow, known, steps) -> torch.Tensor:
-    """Differentiable neuroexplicit densification (the body of `densify` without the checks)."""
-    fields = model(image, known, flow * known)
-    return pyramid_inpaint(flow * known, known, image, lambda level, img: fields[level], steps=steps)
+    """Differentiable neuroexplicit densification (the body of `densify` without the checks),
+    with the extra coarse levels `densify` gives frames of this size."""
+    field_fn = network_fields(model, image, known, flow * known)
+    return pyramid_inpaint(flow * known, known, image, field_fn, steps=level_steps(*image.shape[-2:], steps))
 
 
 def masked_epe(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
