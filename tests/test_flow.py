@@ -395,7 +395,7 @@ def test_motion_boundary_silent_on_constant_and_smooth_flow():
 
 
 # --------------------------------------------------------------------------
-# detail: how far down DIS's pyramid goes
+# detail: how far down DIS's pyramid goes, on frames blurred how much
 
 
 @pytest.mark.parametrize("detail,level,sigma", [(1, 0, 0.0), (2, 0, 0.5), (4, 1, 1.0), (8, 2, 2.0)])
