@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raywarp import synthetic
-from raywarp.densify import densify, level_steps
+from raywarp.densify import densify, level_steps, mirror
 from raywarp.densify.network import DEFAULT_WEIGHTS, DensifierConfig, DensifierUNet, load_densifier, save_densifier
 from raywarp.densify.solver import apply_stencil, pyramid_inpaint, stable_step_size, stencil_weights
 from raywarp.densify.tensor_field import eed_tensor, homogeneous_tensor, tensor_from_parts
@@ -241,6 +241,31 @@ def test_densify_is_equivariant_to_flow_offset_and_scale():
         torch.testing.assert_close(moved, 5 * base + offset, atol=2e-3, rtol=1e-4)
 
 
+def test_neuroexplicit_is_equivariant_to_mirroring_only_when_averaged():
+    # Mirroring the frame, its flow and mask left-right mirrors the filled flow: exactly for
+    # the average over the mirror images (odd sizes too), far from it for one pass of the network.
+    scene = synthetic.make_batch(9, 2, size=(63, 77))
+    rng = np.random.default_rng(3)
+    known = torch.from_numpy(np.stack([synthetic.hole_mask(rng, (63, 77)) for _ in range(2)])[:, None])
+    for averaged in (True, False):
+        base = densify(scene["flow"], known, scene["frame0"], mirror_average=averaged)
+        assert torch.equal(base * known, scene["flow"] * known)  # known flow kept exactly
+        mirrored = densify(mirror(scene["flow"], (-1,), flow=True), mirror(known, (-1,)), mirror(scene["frame0"], (-1,)),
+                           mirror_average=averaged)
+        gap = float((mirror(mirrored, (-1,), flow=True) - base).abs().max())
+        assert gap < 1e-4 if averaged else gap > 0.1, (averaged, gap)
+
+
+def test_mirror_flips_the_mirrored_flow_component():
+    flow = torch.stack([torch.full((3, 4), 2.0), torch.full((3, 4), -1.0)])[None]
+    flow[0, :, 0, 0] = torch.tensor([5.0, 7.0])
+    lr = mirror(flow, (-1,), flow=True)
+    assert lr[0, :, 0, -1].tolist() == [-5.0, 7.0] and lr[0, :, 1, 1].tolist() == [-2.0, -1.0]
+    both = mirror(flow, (-2, -1), flow=True)
+    assert both[0, :, -1, -1].tolist() == [-5.0, -7.0]
+    assert torch.equal(mirror(lr, (-1,), flow=True), flow)
+
+
 @pytest.mark.slow
 def test_bench_prints_a_row_per_set_and_mask(capsys):
     from raywarp.bench import densify as bench
@@ -248,6 +273,6 @@ def test_bench_prints_a_row_per_set_and_mask(capsys):
     rows = bench.main(["--scenes", "2", "--real-draws", "1", "--size", "48", "--plain-max", "190"])
     out = capsys.readouterr().out
     assert len(rows) == 3 * len(bench.MASKS)
-    assert all(np.isfinite(r[m]) for r in rows for m in ("laplace", "eed", "neuroexplicit"))
+    assert all(np.isfinite(r[m]) for r in rows for m in ("laplace", "eed", "neuroexplicit", "one pass"))
     for set_name in ("held-out affine", "real (Motorcycle)", "held-out perspective"):
         assert out.count(f"| {set_name} |") == len(bench.MASKS)
