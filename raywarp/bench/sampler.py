@@ -125,7 +125,7 @@ def summary(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in rows):
         seconds = {}
-        for mode in dict.fromkeys(r["mode"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task):
             sel = [r for r in rows if r["task"] == task and r["mode"] == mode]
             seconds[mode] = np.mean([r["s/frame"] for r in sel])
             ratio = f"{seconds[mode] / seconds['gp-warp']:.2f}" if seconds.get("gp-warp") and mode != "baseline" else ""
