@@ -13,7 +13,8 @@ Sets (none seen in training):
 Masks: i.i.d. known pixels at 1 %, 5 %, 10 % density, and structured holes. EPE is the
 mean end-point error over the filled (unknown, valid) pixels; time is per image, batch
 of one, on this machine's CPU unless --device says otherwise. Neuroexplicit is scored as
-shipped (averaged over the frame's mirror images) and in one pass (`mirror_average=False`).
+shipped (the fills of the frame and its left-right mirror averaged) and in one pass
+(`mirror_average=False`).
 """
 
 from __future__ import annotations

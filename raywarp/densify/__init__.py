@@ -7,8 +7,8 @@ explicit solver (`solver.py`) and one of three diffusion tensors
 
     method="laplace"        homogeneous diffusion
     method="eed"            edge-enhancing diffusion steered by the image structure
-    method="neuroexplicit"  tensors predicted by a small U-Net (shipped weights),
-                            averaged over the frame and its left-right mirror image
+    method="neuroexplicit"  tensors predicted by a small U-Net (shipped weights); the
+                            fills of the frame and its left-right mirror image averaged
 """
 
 from __future__ import annotations
