@@ -56,6 +56,7 @@ __all__ = [
     "load_denoiser",
     "tiny_pixel_unet",
     "tiny_latent_pipeline",
+    "save_pipeline",
 ]
 
 # The project's shipped prior, trained by jobs/train_prior.py; what load_denoiser("default") loads.
@@ -122,13 +123,15 @@ class Denoiser:
         self.dtype = dtype
         self.autocast_dtype: torch.dtype | None = None  # see accelerate()
 
-    def accelerate(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> "Denoiser":
+    def accelerate(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                   compile_backend: str = "inductor") -> "Denoiser":
         """Run the network faster on an accelerator; returns self.
 
         precision: "bf16" / "fp16" run it under autocast (weights stay as loaded; the
         sampler's state and the guidance arithmetic stay float32). channels_last: NHWC
         memory layout, what tensor-core convolutions want. compile: wrap the network in
-        `torch.compile` (opt-in: the first call of each input shape compiles).
+        `torch.compile` (opt-in: the first call of each input shape compiles) with
+        `compile_backend` ("eager": traced, not compiled, for checks on a CPU).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
@@ -137,7 +140,7 @@ class Denoiser:
             for name in self.networks:
                 getattr(self, name).to(memory_format=torch.channels_last)
         if compile:
-            self.unet_call = torch.compile(self.unet)
+            self.unet_call = torch.compile(self.unet, backend=compile_backend)
         return self
 
     @property
@@ -173,11 +176,14 @@ class Denoiser:
         t = int(t)
         if not 0 <= t < self.num_train_timesteps:
             raise ValueError(f"t: expected a timestep in [0, {self.num_train_timesteps}), got {t}")
+        # A tensor, not an int: torch.compile specialises on ints, and would compile the
+        # network again for every timestep (seen in `raywarp.bench.gpu_check`).
+        timestep = torch.tensor(t, device=self.device)
         if self.autocast_dtype is None:
-            out = self._network(u, t, cond)
+            out = self._network(u, timestep, cond)
         else:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                out = self._network(u, t, cond)
+                out = self._network(u, timestep, cond)
         out = out.to(u.dtype)
         a = float(self.alphas_cumprod[t])
         if self.prediction_type == "epsilon":
@@ -186,8 +192,9 @@ class Denoiser:
             return math.sqrt(a) * u - math.sqrt(1 - a) * out
         return out
 
-    def _network(self, u: torch.Tensor, t: int, cond) -> torch.Tensor:
-        """The raw network output (epsilon, v or x0 according to prediction_type)."""
+    def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The raw network output (epsilon, v or x0 according to prediction_type) at the
+        timestep `t` (a 0-d integer tensor on the device)."""
         raise NotImplementedError
 
 
@@ -245,7 +252,7 @@ class PixelDenoiser(Denoiser):
         check_same_size(baseline=baseline, mask=mask)
         return torch.cat([baseline * 2 - 1, mask], 1).to(self.device, self.dtype)
 
-    def _network(self, u: torch.Tensor, t: int, cond) -> torch.Tensor:
+    def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         x = u.to(self.dtype)
         if self.conditional:
             if cond is None:
@@ -376,7 +383,7 @@ class LatentDenoiser(Denoiser):
             kwargs["class_labels"] = torch.full((b,), self.noise_level, device=self.device, dtype=torch.long)
         return {"extra": extra, "kwargs": kwargs}
 
-    def _network(self, u: torch.Tensor, t: int, cond) -> torch.Tensor:
+    def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if cond is None:
             raise _missing_condition()
         x = u.to(self.dtype)
@@ -642,15 +649,22 @@ def tiny_latent_pipeline(kind: str, path, seed: int = 0) -> Path:
     )
     scheduler = scheduler_cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", **scheduler_kwargs)
 
+    return save_pipeline(path, pipeline, unet, vae, {"_class_name": scheduler_cls.__name__, **scheduler.config})
+
+
+def save_pipeline(path, pipeline: str, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: dict) -> Path:
+    """Write a latent diffusers folder (unet/, vae/ as safetensors, scheduler/, model_index.json
+    naming `pipeline`) that `load_denoiser` loads; `scheduler`: its config, "_class_name" included."""
     path = Path(path)
     unet.save_pretrained(path / "unet", safe_serialization=True)
     vae.save_pretrained(path / "vae", safe_serialization=True)
-    scheduler.save_pretrained(path / "scheduler")
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     index = {
         "_class_name": pipeline,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", scheduler_cls.__name__],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path

@@ -36,7 +36,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from raywarp import inverse, synthetic
-from raywarp.models import SDXL_TIME_IDS, LatentDenoiser
+from raywarp.models import SDXL_TIME_IDS, LatentDenoiser, save_pipeline
 from raywarp.sampler import MODES, SamplerConfig, sample_clip
 from raywarp.tensors import PRECISIONS
 
@@ -143,24 +143,40 @@ def build_denoiser(configs: dict[str, dict], device, dtype: torch.dtype, seed: i
     return LatentDenoiser(unet, vae, scheduler.alphas_cumprod, scheduler.config.prediction_type)
 
 
+PIPELINES = {"sd-x4-upscaler": "StableDiffusionUpscalePipeline", "sdxl-base": "StableDiffusionXLPipeline"}
+
+
+def save_random_pipeline(model: str, path, tiny: bool = False, device="cpu", dtype=torch.float32) -> Path:
+    """A loadable diffusers folder (`raywarp run --model PATH`) of the model's real configs
+    with seeded random weights, built on `device` and stored as `dtype`."""
+    configs = load_configs(model, tiny)
+    denoiser = build_denoiser(configs, device, dtype)
+    path = save_pipeline(path, PIPELINES[model], denoiser.unet, denoiser.vae, configs["scheduler"])
+    del denoiser
+    return path
+
+
 # --------------------------------------------------------------------------- workload
 
 
-def clip_inputs(denoiser: LatentDenoiser, output_side: int, frames: int):
-    """(LR frames (T, 3, s, s), forward and backward flows (T-1, 2, h, w) on the u-space grid).
-
-    A held-out photograph panned by VELOCITY output pixels per frame, zoomed to fill the
-    frame; for a translation the flow is that vector everywhere (the u grid's pixels are
-    scale_factor output pixels).
-    """
-    size = (output_side, output_side)
+def panned_video(size: tuple[int, int], frames: int) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 1]: a held-out photograph panned by VELOCITY output pixels per
+    frame, zoomed to fill the frame."""
     photo = synthetic.HELDOUT_PHOTOS[0]
-    zoom = 0.9 * min(synthetic.load_photo(photo).shape[:2]) / output_side
+    zoom = 0.9 * min(synthetic.load_photo(photo).shape[:2]) / max(size)
     video, _ = synthetic.affine_video(photo, frames, size, synthetic.affine_motion(size, shift=VELOCITY), zoom=zoom)
-    observations = inverse.SuperResolution(SCALE, "bicubic").degrade(video)
-    side = output_side // denoiser.scale_factor
+    return video
+
+
+def clip_inputs(denoiser: LatentDenoiser, output_size: int | tuple[int, int], frames: int):
+    """(LR frames (T, 3, H/4, W/4), forward and backward flows (T-1, 2, h, w) on the u-space grid)
+    of `panned_video` at `output_size` (a side, or (H, W)); for a translation the flow is
+    that vector everywhere (the u grid's pixels are scale_factor output pixels)."""
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    observations = inverse.SuperResolution(SCALE, "bicubic").degrade(panned_video(size, frames))
+    grid = (size[0] // denoiser.scale_factor, size[1] // denoiser.scale_factor)
     step = torch.tensor(VELOCITY).view(1, 2, 1, 1) / denoiser.scale_factor
-    forward = step.expand(frames - 1, 2, side, side).clone()
+    forward = step.expand(frames - 1, 2, *grid).clone()
     return observations, forward, -forward
 
 
