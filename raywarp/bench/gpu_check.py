@@ -401,7 +401,8 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
     denoiser = load_denoiser(str(model_dir), device=device)
     if device.type == "cuda":
         denoiser.accelerate(precision, channels_last=True)
-    inputs = gpu.clip_inputs(denoiser, (4 * h, 4 * w), sizes.clip_len)
+    m = denoiser.scale_factor * denoiser.multiple  # the pipeline pads the output to this multiple, and so does this
+    inputs = gpu.clip_inputs(denoiser, (-(-4 * h // m) * m, -(-4 * w // m) * m), sizes.clip_len)
     standalone = timed_row(denoiser, inputs, "white-warped", sizes.steps, 8)
     report.add(section, {"size": size, "frames": sizes.clip_len, "mode": "white-warped", "autocast": precision,
                          **standalone})
