@@ -27,6 +27,7 @@ few hundred kB, for tests and CI.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -127,8 +128,11 @@ class Denoiser:
                    compile_backend: str = "inductor") -> "Denoiser":
         """Run the network faster on an accelerator; returns self.
 
-        precision: "bf16" / "fp16" run it under autocast (weights stay as loaded; the
-        sampler's state and the guidance arithmetic stay float32). channels_last: NHWC
+        precision: "bf16" / "fp16": the networks' weights are cast to it and they run
+        under autocast, which keeps the numerically sensitive ops in float32 (a VAE that
+        overflows in fp16, `force_upcast`, stays float32 at fp16); the sampler's state and
+        the guidance arithmetic stay float32. Autocast over float32 weights casts every
+        weight at every call (measured on an H200: docs/gpu.md). channels_last: NHWC
         memory layout, what tensor-core convolutions want. compile: wrap the network in
         `torch.compile` (opt-in: the first call of each input shape compiles) with
         `compile_backend` ("eager": traced, not compiled, for checks on a CPU).
@@ -136,12 +140,27 @@ class Denoiser:
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
         self.autocast_dtype = None if precision == "fp32" else PRECISIONS[precision]
+        if self.autocast_dtype is not None:
+            self._cast(self.autocast_dtype)
         if channels_last:
             for name in self.networks:
                 getattr(self, name).to(memory_format=torch.channels_last)
         if compile:
             self.unet_call = torch.compile(self.unet, backend=compile_backend)
         return self
+
+    def _cast(self, dtype: torch.dtype) -> None:
+        """The network's weights (and what is built to feed it) as `dtype`."""
+        self.unet = cast_module(self.unet, dtype)
+        self.unet_call = self.unet
+        self.dtype = dtype
+
+    def _autocast(self, dtype: torch.dtype | None = None):
+        """The autocast context the networks run in (none at fp32); `dtype`: the weights'
+        (a module kept at float32 runs without it)."""
+        if self.autocast_dtype is None or (dtype is not None and dtype != self.autocast_dtype):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -178,13 +197,11 @@ class Denoiser:
             raise ValueError(f"t: expected a timestep in [0, {self.num_train_timesteps}), got {t}")
         # A tensor, not an int: torch.compile specialises on ints, and would compile the
         # network again for every timestep (seen in `raywarp.bench.gpu_check`).
-        timestep = torch.tensor(t, device=self.device)
-        if self.autocast_dtype is None:
-            out = self._network(u, timestep, cond)
-        else:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                out = self._network(u, timestep, cond)
-        out = out.to(u.dtype)
+        # torch.full, not torch.tensor: a fill on the device, where a copy from the host
+        # would wait for the device's queue to drain.
+        timestep = torch.full((), t, dtype=torch.long, device=self.device)
+        with self._autocast():
+            out = self._network(u, timestep, cond).to(u.dtype)
         a = float(self.alphas_cumprod[t])
         if self.prediction_type == "epsilon":
             return (u - math.sqrt(1 - a) * out) / math.sqrt(a)
@@ -196,6 +213,12 @@ class Denoiser:
         """The raw network output (epsilon, v or x0 according to prediction_type) at the
         timestep `t` (a 0-d integer tensor on the device)."""
         raise NotImplementedError
+
+
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module` with its weights as `dtype` (in place)."""
+    # Not module.to(dtype): diffusers 0.42 warns on any dtype cast there, even with no module to keep float32.
+    return {torch.float32: module.float, torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
 
 
 def _network_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -326,9 +349,19 @@ class LatentDenoiser(Denoiser):
                 pooled_prompt_embeds = torch.zeros(1, width)
             self.pooled_prompt_embeds = pooled_prompt_embeds.to(device, dtype)
 
+    def _cast(self, dtype: torch.dtype) -> None:
+        super()._cast(dtype)
+        if dtype != torch.float16 or not self.vae.config.force_upcast:
+            self.vae = cast_module(self.vae, dtype)
+            self._vae_dtype = dtype
+        self.prompt_embeds = self.prompt_embeds.to(dtype)
+        if self.pooled_prompt_embeds is not None:
+            self.pooled_prompt_embeds = self.pooled_prompt_embeds.to(dtype)
+
     def _vae_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> latents in the UNet's dtype (distribution mean: deterministic)."""
-        mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
+        with self._autocast(self._vae_dtype):
+            mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
         return ((mean - self._shift) * self.vae.config.scaling_factor).to(self.dtype)
 
     def _check_divisible(self, images: torch.Tensor, name: str) -> None:
@@ -345,7 +378,8 @@ class LatentDenoiser(Denoiser):
 
     def decode(self, u: torch.Tensor) -> torch.Tensor:
         z = u / self.vae.config.scaling_factor + self._shift
-        x = self.vae.decode(z.to(self._vae_dtype)).sample
+        with self._autocast(self._vae_dtype):
+            x = self.vae.decode(z.to(self._vae_dtype)).sample
         return ((x + 1) / 2).clamp(0, 1).to(u.dtype)
 
     def condition(self, y, operator_info: dict) -> dict:

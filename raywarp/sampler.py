@@ -174,7 +174,8 @@ def self_guidance_energy(x0, prev, nxt, first: int, clip: ClipFlows) -> torch.Te
     lost 5 dB with bilinear, none with bicubic; README).
     """
     b, t_total = x0.shape[0], clip.fwd.shape[0] + 1
-    j = torch.arange(first, first + b)
+    # Made on the device: an index copied from the host waits for the device's queue to drain.
+    j = torch.arange(first, first + b, device=x0.device)
     # Frame j's predecessor warp is fwd[j−1] (f_{j−1→j}), its successor warp bwd[j] (f_{j+1→j});
     # the first and last frames of the clip have only one neighbour (weight 0 on the other).
     has_prev = (j > 0).view(-1, 1, 1, 1).to(x0)

@@ -18,13 +18,13 @@ def checked(tmp_path_factory, local_ray):
 def test_models_part_times_every_model_precision_and_mode(checked):
     out, reports = checked
     rows = reports["models"].sections["bench.gpu: seconds per frame"]
-    configs = {(r["model"], r["weights"], r["autocast"], r["compile"], r["mode"]) for r in rows}
+    configs = {(r["model"], r["precision"], r["weights"], r["compile"], r["mode"]) for r in rows}
     for model in gpu.MODELS:
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16"):  # --precision bf16 runs bf16 weights
             for mode in ("independent", "warped", "white-warped"):
-                assert (model, "fp32", precision, False, mode) in configs
-    assert ("sd-x4-upscaler", "bf16", "none", False, "warped") in configs
-    assert ("sd-x4-upscaler", "fp32", "bf16", True, "warped") in configs
+                assert (model, precision, precision, False, mode) in configs
+    assert ("sd-x4-upscaler", "fp32", "bf16", False, "warped") in configs  # bf16 weights, no autocast
+    assert ("sd-x4-upscaler", "bf16", "bf16", True, "warped") in configs
     assert all(r["s/frame"] > 0 and 0 < r["denoiser share"] <= 1 for r in rows)
     compiled = next(r for r in rows if r["compile"])
     assert compiled["graphs compiled for a new clip length"] >= 0
@@ -36,7 +36,7 @@ def test_models_part_times_every_model_precision_and_mode(checked):
     saved = json.loads((out / "gpu_check_models.json").read_text())
     assert saved["commit"] == "test" and saved["tiny"] and saved["sections"] == json.loads(
         json.dumps(reports["models"].sections, default=str))
-    assert "| model | size | weights | autocast | compile | mode | s/frame |" in (out / "gpu_check_models.md").read_text()
+    assert "| model | size | precision | weights | compile | mode | s/frame |" in (out / "gpu_check_models.md").read_text()
 
 
 def test_pipeline_part_runs_raywarp_end_to_end(checked):
@@ -50,6 +50,10 @@ def test_pipeline_part_runs_raywarp_end_to_end(checked):
     assert run["output size"] == f"{4 * w}×{4 * h}"
     assert run["frames/s"] > 0 and run["pipeline / standalone frames/s"] > 0 and run["max measurement error"] < 0.01
     assert math.isnan(run["GPU busy"])  # no GPU here: said, not invented
+    units = reports["pipeline"].sections["raywarp run: units"]
+    assert len(units) == run["units"] and all(u["finished s"] >= u["started s"] >= 0 for u in units)
+    ops = reports["pipeline"].sections["standalone sampler: top operators (2 steps)"]
+    assert len(ops) == 12 and all(o["ms"] >= 0 and o["calls"] >= 1 for o in ops)
     assert "## raywarp run (embedded Ray)" in (out / "gpu_check_pipeline.md").read_text()
 
 

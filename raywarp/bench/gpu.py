@@ -36,7 +36,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from raywarp import inverse, synthetic
-from raywarp.models import SDXL_TIME_IDS, LatentDenoiser, save_pipeline
+from raywarp.models import SDXL_TIME_IDS, LatentDenoiser, cast_module, save_pipeline
 from raywarp.sampler import MODES, SamplerConfig, sample_clip
 from raywarp.tensors import PRECISIONS
 
@@ -119,11 +119,6 @@ def _random_weights(build, seed: int, device: torch.device):
         return build()
 
 
-def _cast(model, dtype: torch.dtype):
-    # Not model.to(dtype): diffusers 0.42 warns on any dtype cast there, even with no module to keep float32.
-    return {torch.float32: model.float, torch.float16: model.half, torch.bfloat16: model.bfloat16}[dtype]()
-
-
 def build_denoiser(configs: dict[str, dict], device, dtype: torch.dtype, seed: int = 0) -> LatentDenoiser:
     """A `LatentDenoiser` of the configs' UNet and VAE with seeded random weights.
 
@@ -136,8 +131,8 @@ def build_denoiser(configs: dict[str, dict], device, dtype: torch.dtype, seed: i
     unet = _random_weights(lambda: UNet2DConditionModel.from_config(configs["unet"]), seed, device)
     vae = _random_weights(lambda: AutoencoderKL.from_config(configs["vae"]), seed + 1, device)
     vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
-    unet = _cast(unet, dtype).eval().requires_grad_(False)
-    vae = _cast(vae, vae_dtype).eval().requires_grad_(False)
+    unet = cast_module(unet, dtype).eval().requires_grad_(False)
+    vae = cast_module(vae, vae_dtype).eval().requires_grad_(False)
     # Any DDPM-family scheduler config gives the training schedule, as in models._schedule.
     scheduler = DDIMScheduler.from_config(configs["scheduler"])
     return LatentDenoiser(unet, vae, scheduler.alphas_cumprod, scheduler.config.prediction_type)

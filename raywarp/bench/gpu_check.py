@@ -1,7 +1,7 @@
 """The prepared GPU check: what a GPU node does with raywarp, in one command of two parts.
 
     python -m raywarp.bench.gpu_check --out DIR [--part models|pipeline|all] [--tiny]
-                                      [--budget SECONDS] [--commit SHA]
+                                      [--models M ...] [--no-compile] [--budget SECONDS] [--commit SHA]
 
 --part models (torch and diffusers only):
   * the environment: GPU, driver, torch, CUDA, cuDNN;
@@ -173,52 +173,74 @@ def timed_row(denoiser, inputs, mode: str, steps: int, frames_batch: int) -> dic
 SECTION_MODELS = "bench.gpu: seconds per frame"
 
 
-def model_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool) -> None:
-    """Every model × autocast precision × mode, over fp32 weights."""
+def model_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool, models) -> None:
+    """Every model × precision × mode."""
     section = SECTION_MODELS
     sides = gpu.TINY_OUTPUT_SIDES if tiny else gpu.OUTPUT_SIDES
     modes = ("independent", "warped", "white-warped")
-    for model in gpu.MODELS:
+    for model in models:
         frames, side = sizes.frames[model], sides[model]
         denoiser = gpu.build_denoiser(gpu.load_configs(model, tiny), device, torch.float32)
         inputs = gpu.clip_inputs(denoiser, side, frames)
         for precision in ("fp32", "bf16"):
             denoiser.accelerate(precision=precision, channels_last=True)
             for mode in modes:
-                what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "weights": "fp32",
-                        "autocast": precision, "compile": False, "mode": mode}
+                what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "precision": precision,
+                        "weights": _dtype_name(denoiser.dtype), "compile": False, "mode": mode}
                 if budget.allows(report, section, what):
                     report.add(section, {**what, **timed_row(denoiser, inputs, mode, sizes.steps, 8)})
         del denoiser
         _free(device)
 
 
-def variant_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool) -> None:
-    """The SD ×4 upscaler, warped: bf16 weights (and the host-sync trace), then torch.compile."""
+def variant_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool, with_compile: bool) -> None:
+    """The SD ×4 upscaler, warped: bf16 weights without autocast (and the host-sync trace),
+    then torch.compile at bf16."""
     section = SECTION_MODELS
     model = "sd-x4-upscaler"
     side = (gpu.TINY_OUTPUT_SIDES if tiny else gpu.OUTPUT_SIDES)[model]
     frames = sizes.frames[model]
-    for weights, compile_ in (("bf16", False), ("fp32", True)):
-        what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "weights": weights,
-                "autocast": "bf16" if weights == "fp32" else "none", "compile": compile_, "mode": "warped"}
+    variants = ((torch.bfloat16, "fp32", False), (torch.float32, "bf16", True))
+    for loaded, precision, compiled in variants[: 2 if with_compile else 1]:
+        what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "precision": precision,
+                "weights": _dtype_name(torch.bfloat16), "compile": compiled, "mode": "warped"}
         if not budget.allows(report, section, what):
             continue
-        denoiser = gpu.build_denoiser(gpu.load_configs(model, tiny), device, PRECISIONS[weights])
-        denoiser.accelerate(precision="bf16" if weights == "fp32" else "fp32", channels_last=True, compile=compile_,
+        denoiser = gpu.build_denoiser(gpu.load_configs(model, tiny), device, loaded)
+        denoiser.accelerate(precision=precision, channels_last=True, compile=compiled,
                             compile_backend="eager" if tiny else "inductor")
         inputs = gpu.clip_inputs(denoiser, side, frames)
         row = timed_row(denoiser, inputs, "warped", sizes.steps, 8)
-        if compile_:
+        if compiled:
             # A clip of another length must not compile the network again per length.
             before = _graphs()
             gpu.time_mode(denoiser, gpu.NetworkTimer(denoiser), gpu.clip_inputs(denoiser, side, frames + 2), "warped", 2, 8)
             row["graphs compiled for a new clip length"] = _graphs() - before
         report.add(section, {**what, **row})
-        if weights == "bf16":
+        if not compiled:
             sync_rows(report, denoiser, inputs)
         del denoiser
         _free(device)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def top_ops(report: Report, section: str, denoiser, inputs, mode: str, count: int = 12) -> None:
+    """The operators a 2-step `sample_clip` spends its time in, by device time (CPU time on a CPU)."""
+    observations, forward, backward = inputs
+    cuda = denoiser.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        sample_clip(denoiser, inverse.SuperResolution(gpu.SCALE, "bicubic"), observations, forward, backward, seed=0,
+                    config=SamplerConfig(mode=mode, steps=2, batch_size=8), device=denoiser.device)
+    _sync(denoiser.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    for e in events[:count]:
+        report.add(section, {"op": e.key, "ms": getattr(e, key) / 1000, "share": getattr(e, key) / total, "calls": e.count})
 
 
 def _graphs() -> int:
@@ -404,8 +426,9 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
     m = denoiser.scale_factor * denoiser.multiple  # the pipeline pads the output to this multiple, and so does this
     inputs = gpu.clip_inputs(denoiser, (-(-4 * h // m) * m, -(-4 * w // m) * m), sizes.clip_len)
     standalone = timed_row(denoiser, inputs, "white-warped", sizes.steps, 8)
-    report.add(section, {"size": size, "frames": sizes.clip_len, "mode": "white-warped", "autocast": precision,
+    report.add(section, {"size": size, "frames": sizes.clip_len, "mode": "white-warped", "precision": precision,
                          **standalone})
+    top_ops(report, "standalone sampler: top operators (2 steps)", denoiser, inputs, "white-warped")
     del denoiser, inputs
     _free(device)
 
@@ -434,6 +457,11 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
     # NVML, from the first unit's start) to the last commit.
     start = max(start, sampler.first_busy() or start)
     fps = sizes.pipeline_frames / (stop - start)
+    for r in sorted(units, key=lambda r: r["started_at"]):
+        report.add("raywarp run: units", {
+            "kind": r["kind"], "frames": r["frames"], "started s": r["started_at"] - start,
+            "decode s": r["seconds_decode"], "flow s": r["seconds_flow"], "sample s": r["seconds_sample"],
+            "write s": r["seconds_write"], "finished s": r["finished_at"] - start})
     report.add(section, {
         "size": size, "frames": sizes.pipeline_frames, "exit code": code, "units": len(units),
         "units done": sum(r["status"] == "done" for r in units), "wall s (Ray start included)": wall,
@@ -465,6 +493,9 @@ def main(argv=None) -> dict[str, Report]:
     p.add_argument("--out", required=True, type=Path, help="folder for gpu_check_<part>.md and .json")
     p.add_argument("--part", choices=(*PARTS, "all"), default="all")
     p.add_argument("--tiny", action="store_true", help="narrow models, tiny sizes: the CPU dry run")
+    p.add_argument("--models", nargs="+", choices=gpu.MODELS, default=gpu.MODELS, help="models of the precision grid")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="the torch.compile row (minutes on a GPU)")
     p.add_argument("--budget", type=float, default=270.0, help="seconds per part after which rows are skipped")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--commit", default=os.environ.get("RAYWARP_COMMIT") or _commit())
@@ -478,9 +509,9 @@ def main(argv=None) -> dict[str, Report]:
         report.write()
         budget = Budget(args.budget)
         if part == "models":
-            model_rows(report, budget, sizes, device, args.tiny)
+            model_rows(report, budget, sizes, device, args.tiny, args.models)
             flow_rows(report, budget, sizes, device)
-            variant_rows(report, budget, sizes, device, args.tiny)  # last: compiling takes minutes
+            variant_rows(report, budget, sizes, device, args.tiny, args.compile)  # last: compiling takes minutes
         else:
             with tempfile.TemporaryDirectory(prefix="raywarp-gpu-check-") as work:
                 pipeline_rows(report, budget, sizes, device, args.tiny, Path(work))
