@@ -75,7 +75,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="cut detection: mean HSV change between frames that starts a new shot (PySceneDetect's "
                         "ContentDetector); 0: no detection, every video is one shot")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
-                   help="the denoiser's arithmetic on a GPU (autocast); CPUs always run fp32")
+                   help="the denoiser's arithmetic on a GPU (its weights cast to it); CPUs always run fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser on GPU actors (compiles on first use)")
     p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")

@@ -27,7 +27,6 @@ few hundred kB, for tests and CI.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import math
@@ -122,26 +121,24 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.dtype = dtype
-        self.autocast_dtype: torch.dtype | None = None  # see accelerate()
 
     def accelerate(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                    compile_backend: str = "inductor") -> "Denoiser":
         """Run the network faster on an accelerator; returns self.
 
-        precision: "bf16" / "fp16": the networks' weights are cast to it and they run
-        under autocast, which keeps the numerically sensitive ops in float32 (a VAE that
+        precision: "bf16" / "fp16": the networks run in it, their weights cast (a VAE that
         overflows in fp16, `force_upcast`, stays float32 at fp16); the sampler's state and
-        the guidance arithmetic stay float32. Autocast over float32 weights casts every
-        weight at every call (measured on an H200: docs/gpu.md). channels_last: NHWC
+        the guidance arithmetic stay float32. Not autocast: over float32 weights it casts
+        every weight at every call, and over cast weights it still runs every GroupNorm in
+        float32 (both measured slower on an H200: docs/gpu.md). channels_last: NHWC
         memory layout, what tensor-core convolutions want. compile: wrap the network in
         `torch.compile` (opt-in: the first call of each input shape compiles) with
         `compile_backend` ("eager": traced, not compiled, for checks on a CPU).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
-        self.autocast_dtype = None if precision == "fp32" else PRECISIONS[precision]
-        if self.autocast_dtype is not None:
-            self._cast(self.autocast_dtype)
+        if PRECISIONS[precision] != self.dtype:
+            self._cast(PRECISIONS[precision])
         if channels_last:
             for name in self.networks:
                 getattr(self, name).to(memory_format=torch.channels_last)
@@ -154,13 +151,6 @@ class Denoiser:
         self.unet = cast_module(self.unet, dtype)
         self.unet_call = self.unet
         self.dtype = dtype
-
-    def _autocast(self, dtype: torch.dtype | None = None):
-        """The autocast context the networks run in (none at fp32); `dtype`: the weights'
-        (a module kept at float32 runs without it)."""
-        if self.autocast_dtype is None or (dtype is not None and dtype != self.autocast_dtype):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -200,8 +190,7 @@ class Denoiser:
         # torch.full, not torch.tensor: a fill on the device, where a copy from the host
         # would wait for the device's queue to drain.
         timestep = torch.full((), t, dtype=torch.long, device=self.device)
-        with self._autocast():
-            out = self._network(u, timestep, cond).to(u.dtype)
+        out = self._network(u, timestep, cond).to(u.dtype)
         a = float(self.alphas_cumprod[t])
         if self.prediction_type == "epsilon":
             return (u - math.sqrt(1 - a) * out) / math.sqrt(a)
@@ -360,8 +349,7 @@ class LatentDenoiser(Denoiser):
 
     def _vae_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> latents in the UNet's dtype (distribution mean: deterministic)."""
-        with self._autocast(self._vae_dtype):
-            mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
+        mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
         return ((mean - self._shift) * self.vae.config.scaling_factor).to(self.dtype)
 
     def _check_divisible(self, images: torch.Tensor, name: str) -> None:
@@ -378,8 +366,7 @@ class LatentDenoiser(Denoiser):
 
     def decode(self, u: torch.Tensor) -> torch.Tensor:
         z = u / self.vae.config.scaling_factor + self._shift
-        with self._autocast(self._vae_dtype):
-            x = self.vae.decode(z.to(self._vae_dtype)).sample
+        x = self.vae.decode(z.to(self._vae_dtype)).sample
         return ((x + 1) / 2).clamp(0, 1).to(u.dtype)
 
     def condition(self, y, operator_info: dict) -> dict:

@@ -396,6 +396,7 @@ def consistent_images(operator, images: torch.Tensor, y: torch.Tensor, iteration
     box [0, 1]: both convex, so the iterates approach their intersection; one projection
     followed by a clamp would undo consistency wherever the clamp bites.
     """
-    for _ in range(iterations):
-        images = operator.project(images, y).clamp(0, 1)
+    with unchecked():  # the caller's inputs; a finite check per iteration would wait on the device each time
+        for _ in range(iterations):
+            images = operator.project(images, y).clamp(0, 1)
     return images

@@ -23,7 +23,6 @@ def test_models_part_times_every_model_precision_and_mode(checked):
         for precision in ("fp32", "bf16"):  # --precision bf16 runs bf16 weights
             for mode in ("independent", "warped", "white-warped"):
                 assert (model, precision, precision, False, mode) in configs
-    assert ("sd-x4-upscaler", "fp32", "bf16", False, "warped") in configs  # bf16 weights, no autocast
     assert ("sd-x4-upscaler", "bf16", "bf16", True, "warped") in configs
     assert all(r["s/frame"] > 0 and 0 < r["denoiser share"] <= 1 for r in rows)
     compiled = next(r for r in rows if r["compile"])

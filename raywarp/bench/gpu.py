@@ -1,8 +1,8 @@
 """GPU benchmark: sampler speed with architecture-true, random-weight UNets of real checkpoints.
 
     python -m raywarp.bench.gpu [--models sd-x4-upscaler sdxl-base] [--modes ...] [--frames 8] [--steps 20]
-                                [--batch-size 8] [--device cuda|cpu] [--dtype fp32|fp16|bf16]
-                                [--precision fp32|bf16|fp16] [--[no-]channels-last] [--compile] [--tiny]
+                                [--batch-size 8] [--device cuda|cpu] [--precision fp32|bf16|fp16]
+                                [--[no-]channels-last] [--compile] [--tiny]
 
 Owns the models' shipped configs (configs/: the public unet, vae and scheduler configs
 of stabilityai/stable-diffusion-x4-upscaler and stabilityai/stable-diffusion-xl-base-1.0,
@@ -263,7 +263,7 @@ def benchmark(args) -> list[dict]:
     device = torch.device(args.device)
     rows = []
     for model in args.models:
-        denoiser = build_denoiser(load_configs(model, args.tiny), device, PRECISIONS[args.dtype])
+        denoiser = build_denoiser(load_configs(model, args.tiny), device, PRECISIONS[args.precision])
         denoiser.accelerate(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
         timer = NetworkTimer(denoiser)
         inputs = clip_inputs(denoiser, args.sides[model], args.frames)
@@ -307,19 +307,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, help="DDIM steps; default 20 (--tiny: 2)")
     p.add_argument("--batch-size", type=int, default=SamplerConfig.batch_size, help="frames per denoiser call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=PRECISIONS, help="weights; default fp16 on CUDA, fp32 otherwise")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype of the network")
+    p.add_argument("--precision", choices=PRECISIONS, help="the networks' arithmetic; default bf16 on CUDA, fp32 otherwise")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (the warm-up call compiles)")
     p.add_argument("--tiny", action="store_true", help="narrow configs and tiny sizes: a CPU smoke run")
     args = p.parse_args(argv)
     args.frames = args.frames or (3 if args.tiny else 8)
     args.steps = args.steps or (2 if args.tiny else 20)
-    args.dtype = args.dtype or ("fp16" if torch.device(args.device).type == "cuda" else "fp32")
+    args.precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
     args.sides = TINY_OUTPUT_SIDES if args.tiny else OUTPUT_SIDES
     sizes = ", ".join(f"{m} {args.sides[m] // SCALE}² -> {args.sides[m]}²" for m in args.models)
-    print(f"GPU benchmark{' (tiny)' if args.tiny else ''}: {device_name(torch.device(args.device))}; dtype {args.dtype}, "
-          f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}; SR x4 {sizes}; "
+    print(f"GPU benchmark{' (tiny)' if args.tiny else ''}: {device_name(torch.device(args.device))}; precision "
+          f"{args.precision}, channels_last {args.channels_last}, compile {args.compile}; SR x4 {sizes}; "
           f"{args.frames} frames, {args.steps} DDIM steps, batch {args.batch_size}")
     return benchmark(args)
 

@@ -6,9 +6,9 @@
 --part models (torch and diffusers only):
   * the environment: GPU, driver, torch, CUDA, cuDNN;
   * `raywarp.bench.gpu` rows on random-weight, architecture-true models: the SD ×4
-    upscaler (128² → 512²) and SDXL (1024²), each mode, fp32 and bf16 autocast over fp32
-    weights (what `raywarp run --precision` does), bf16 weights, and torch.compile for one
-    configuration: s/frame, the denoiser's share of the time, peak GPU memory;
+    upscaler (128² → 512²) and SDXL (1024²), each mode, at fp32 and bf16 (what `raywarp
+    run --precision` does), and torch.compile for one configuration: s/frame, the
+    denoiser's share of the time, peak GPU memory;
   * host syncs per sampler step, from a profiler trace (steps 4 against steps 2, so what
     a call does once cancels), and where in the code they come from;
   * flow estimation (OpenCV DIS, on the CPU) and densification (on the device) at 1080p.
@@ -193,34 +193,28 @@ def model_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.devic
         _free(device)
 
 
-def variant_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool, with_compile: bool) -> None:
-    """The SD ×4 upscaler, warped: bf16 weights without autocast (and the host-sync trace),
-    then torch.compile at bf16."""
-    section = SECTION_MODELS
+def compile_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool,
+                 with_compile: bool) -> None:
+    """The SD ×4 upscaler at bf16, warped: the host-sync trace, then torch.compile."""
     model = "sd-x4-upscaler"
     side = (gpu.TINY_OUTPUT_SIDES if tiny else gpu.OUTPUT_SIDES)[model]
     frames = sizes.frames[model]
-    variants = ((torch.bfloat16, "fp32", False), (torch.float32, "bf16", True))
-    for loaded, precision, compiled in variants[: 2 if with_compile else 1]:
-        what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "precision": precision,
-                "weights": _dtype_name(torch.bfloat16), "compile": compiled, "mode": "warped"}
-        if not budget.allows(report, section, what):
-            continue
-        denoiser = gpu.build_denoiser(gpu.load_configs(model, tiny), device, loaded)
-        denoiser.accelerate(precision=precision, channels_last=True, compile=compiled,
-                            compile_backend="eager" if tiny else "inductor")
-        inputs = gpu.clip_inputs(denoiser, side, frames)
+    what = {"model": model, "size": f"{side // gpu.SCALE}²→{side}²", "precision": "bf16", "weights": "bf16",
+            "compile": True, "mode": "warped"}
+    if not budget.allows(report, SECTION_SYNCS, {"what": "sync calls"}):
+        return
+    denoiser = gpu.build_denoiser(gpu.load_configs(model, tiny), device, torch.bfloat16).accelerate("bf16", True)
+    inputs = gpu.clip_inputs(denoiser, side, frames)
+    sync_rows(report, denoiser, inputs)
+    if with_compile and budget.allows(report, SECTION_MODELS, what):
+        denoiser.accelerate("bf16", compile=True, compile_backend="eager" if tiny else "inductor")
         row = timed_row(denoiser, inputs, "warped", sizes.steps, 8)
-        if compiled:
-            # A clip of another length must not compile the network again per length.
-            before = _graphs()
-            gpu.time_mode(denoiser, gpu.NetworkTimer(denoiser), gpu.clip_inputs(denoiser, side, frames + 2), "warped", 2, 8)
-            row["graphs compiled for a new clip length"] = _graphs() - before
-        report.add(section, {**what, **row})
-        if not compiled:
-            sync_rows(report, denoiser, inputs)
-        del denoiser
-        _free(device)
+        # A clip of another length must not compile the network again per length.
+        before = _graphs()
+        gpu.time_mode(denoiser, gpu.NetworkTimer(denoiser), gpu.clip_inputs(denoiser, side, frames + 2), "warped", 2, 8)
+        report.add(SECTION_MODELS, {**what, **row, "graphs compiled for a new clip length": _graphs() - before})
+    del denoiser
+    _free(device)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -237,10 +231,12 @@ def top_ops(report: Report, section: str, denoiser, inputs, mode: str, count: in
                     config=SamplerConfig(mode=mode, steps=2, batch_size=8), device=denoiser.device)
     _sync(denoiser.device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    # The operators (their kernels' time counted to them), not the kernels again.
+    ops = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    events = sorted(ops, key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1
     for e in events[:count]:
-        report.add(section, {"op": e.key, "ms": getattr(e, key) / 1000, "share": getattr(e, key) / total, "calls": e.count})
+        report.add(section, {"op": e.key[:60], "ms": getattr(e, key) / 1000, "share": getattr(e, key) / total, "calls": e.count})
 
 
 def _graphs() -> int:
@@ -250,12 +246,13 @@ def _graphs() -> int:
 
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+SECTION_SYNCS = "host syncs per step (profiler)"
 
 
 def sync_rows(report: Report, denoiser, inputs) -> None:
     """Host syncs per sampler step (profiler trace, steps 4 against steps 2) and the lines
     that caused them (torch's sync debug mode)."""
-    section = "host syncs per step (profiler)"
+    section = SECTION_SYNCS
     observations, forward, backward = inputs
     op = inverse.SuperResolution(gpu.SCALE, "bicubic")
     counts = {}
@@ -379,10 +376,6 @@ class GpuSampler:
             used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
             self.samples.append((time.time(), util, used))
 
-    def first_busy(self) -> float | None:
-        """When the GPU first ran a kernel (the worker's first unit); None if it never did."""
-        return next((t for t, u, _ in self.samples if u > 0), None)
-
     def busy(self, start: float, stop: float) -> float:
         within = [u for t, u, _ in self.samples if start <= t <= stop]
         return float(np.mean(within)) / 100 if within else math.nan
@@ -449,23 +442,23 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
     rows = list(manifest.latest().values())
     units = [r for r in rows if r["kind"] != "video"]
     videos = [r for r in rows if r["kind"] == "video"]
-    start, stop = min(r["started_at"] for r in units), max(r["finished_at"] for r in rows)
+    first, stop = min(r["started_at"] for r in units), max(r["finished_at"] for r in rows)
     out = probe(str(dst / "clip.mp4")) if videos and videos[0]["status"] == "done" else {}
     last = decode_span(str(dst / "clip.mp4"), out["frames"] - 1, out["frames"]) if out else None
     errors = [json.loads(r["metrics"] or "{}").get("measurement_error", math.nan) for r in units]
-    # Processing: from the GPU's first kernel (the worker has loaded its models; without
-    # NVML, from the first unit's start) to the last commit.
-    start = max(start, sampler.first_busy() or start)
+    # Processing: from the worker's first sampling (its models loaded; the flows of that
+    # unit just before) to the last output written.
+    start = min(r["finished_at"] - r["seconds_write"] - r["seconds_sample"] - r["seconds_flow"] for r in units)
     fps = sizes.pipeline_frames / (stop - start)
-    for r in sorted(units, key=lambda r: r["started_at"]):
+    for r in sorted(units, key=lambda r: r["started_at"]):  # seconds from the first unit's start
         report.add("raywarp run: units", {
-            "kind": r["kind"], "frames": r["frames"], "started s": r["started_at"] - start,
+            "kind": r["kind"], "frames": r["frames"], "started s": r["started_at"] - first,
             "decode s": r["seconds_decode"], "flow s": r["seconds_flow"], "sample s": r["seconds_sample"],
-            "write s": r["seconds_write"], "finished s": r["finished_at"] - start})
+            "write s": r["seconds_write"], "finished s": r["finished_at"] - first})
     report.add(section, {
         "size": size, "frames": sizes.pipeline_frames, "exit code": code, "units": len(units),
         "units done": sum(r["status"] == "done" for r in units), "wall s (Ray start included)": wall,
-        "processing s": stop - start, "frames/s": fps, "GPU busy": sampler.busy(start, stop),
+        "worker start s (first unit → first sampling)": start - first, "processing s": stop - start, "frames/s": fps, "GPU busy": sampler.busy(start, stop),
         "peak GPU GiB (NVML, device-wide)": sampler.peak_gib(),
         "sample s (sum over units)": sum(r.get("seconds_sample") or 0 for r in units),
         "flow s (sum over units)": sum(r.get("seconds_flow") or 0 for r in units),
@@ -511,7 +504,7 @@ def main(argv=None) -> dict[str, Report]:
         if part == "models":
             model_rows(report, budget, sizes, device, args.tiny, args.models)
             flow_rows(report, budget, sizes, device)
-            variant_rows(report, budget, sizes, device, args.tiny, args.compile)  # last: compiling takes minutes
+            compile_rows(report, budget, sizes, device, args.tiny, args.compile)  # last: compiling takes minutes
         else:
             with tempfile.TemporaryDirectory(prefix="raywarp-gpu-check-") as work:
                 pipeline_rows(report, budget, sizes, device, args.tiny, Path(work))

@@ -38,7 +38,7 @@ class RunConfig:
     densify_method: str = "neuroexplicit"
     flow_from: str = "baseline"  # SR: estimate motion on the bicubic baseline, or on the low-res "input"
     shot_threshold: float = 27.0  # cut detection (raywarp.pipeline.shots); 0: every video is one shot
-    precision: str = "fp32"  # the denoiser's autocast on GPU actors (fp32, bf16, fp16); changes the numbers, so hashed
+    precision: str = "fp32"  # the denoiser's arithmetic on GPU actors (fp32, bf16, fp16); changes the numbers, so hashed
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
