@@ -11,6 +11,11 @@ from a local weights file; nothing here ever downloads. The masks follow the
 forward-backward check of Sundaram et al. 2010 (as used in UnFlow, Meister et
 al. 2018) and the motion-boundary test of Lai et al. 2018, so that the
 warping-error metric in `raywarp.metrics` matches the published protocol.
+
+A frame pair whose motion could not be found (a flash, a whip pan, a flat or noisy
+frame: too little flow survives the checks) has no flow: NaN over the whole pair
+(`restoration_flows`). `linked` tells which pairs have one; whatever follows the flow
+(propagation, self-guidance, noise coordinates) leaves the unlinked pairs uncoupled.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ DIS_PRESETS = {
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 PADDING_MODES = ("border", "zeros", "reflection")
+DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames whose sides are both shorter (cv2.error)
 
 # RGB -> luma weights (ITU-R BT.601), the same ones cv2.COLOR_RGB2GRAY uses.
 _LUMA = (0.299, 0.587, 0.114)
@@ -122,9 +128,8 @@ def _to_gray_u8(x: torch.Tensor, sigma: float = 0.0) -> np.ndarray:
 def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str, finest_scale: int,
             sigma: float) -> torch.Tensor:
     _, _, h, w = a.shape
-    if method == "dis" and max(h, w) < 12:
-        # OpenCV's DIS refuses images with both sides < 12 px (cv2.error otherwise).
-        raise ValueError(f"a: DIS needs width or height >= 12, got {h}x{w}; use method='farneback'")
+    if method == "dis" and max(h, w) < DIS_MIN_SIDE:
+        raise ValueError(f"a: DIS needs width or height >= {DIS_MIN_SIDE}, got {h}x{w}; use method='farneback'")
     if method != "dis":
         sigma = 0.0  # `detail` is DIS's
     ga, gb = _to_gray_u8(a, sigma), _to_gray_u8(b, sigma)
@@ -305,6 +310,14 @@ def motion_boundary(flow):
     return to_like((grad2 > 0.01 * mag2 + 0.002).to(w.dtype), flow)
 
 
+def linked(flows) -> torch.Tensor:
+    """(T−1,) bool: the pairs of flows (T−1, 2, H, W) that have a flow (no NaN: see the module docstring)."""
+    if len(flows) == 0:  # a one-frame clip has no pairs
+        return torch.zeros(0, dtype=torch.bool)
+    f = as_batch(flows, "flows", channels=2, allow_nan=True)
+    return torch.isfinite(f).flatten(1).all(1)
+
+
 # DIS matches 8×8 patches: flow within 4 px of a hole was partly matched on the hole's
 # fill, which does not move with the scene.
 HOLE_MARGIN = 4
@@ -336,7 +349,8 @@ def propagate(frames, known, fwd, bwd, sweeps: int = 2):
     as video inpainting does before generating anything).
 
     frames: (T, C, H, W); known: (T, 1, H, W), 1 = known; fwd / bwd: (T−1, 2, H, W) flows
-    t→t+1 and t+1→t, dense (in holes too: see `restoration_flows`). An unknown pixel of
+    t→t+1 and t+1→t, dense (in holes too: see `restoration_flows`); a pair without flow
+    (NaN, see `linked`) carries nothing. An unknown pixel of
     frame t takes the value its flow finds in frame t+1 (or t−1) where all four pixels
     around that point are known and inside the frame; a pixel filled so is known from
     then on, so content travels across several frames. Each sweep runs back to front
@@ -345,8 +359,8 @@ def propagate(frames, known, fwd, bwd, sweeps: int = 2):
     """
     x = as_batch(frames, "frames").clone()
     k = (as_batch(known, "known", channels=1) > 0.5).to(x.dtype)
-    f = as_batch(fwd, "fwd", channels=2).to(x)
-    b = as_batch(bwd, "bwd", channels=2).to(x)
+    f = as_batch(fwd, "fwd", channels=2, allow_nan=True).to(x)
+    b = as_batch(bwd, "bwd", channels=2, allow_nan=True).to(x)
     check_same_size(frames=x, known=k)
     check_same_size(fwd=f, bwd=b)
     t_count = x.shape[0]
@@ -354,7 +368,11 @@ def propagate(frames, known, fwd, bwd, sweeps: int = 2):
         raise ValueError(f"fwd: need {t_count - 1} flows of {tuple(x.shape[-2:])} for {t_count} frames, "
                          f"got {tuple(f.shape)}")
 
+    carries = (linked(f) & linked(b)).tolist()  # pair t carries between frames t and t+1
+
     def pull(t: int, source: int, flow: torch.Tensor) -> None:
+        if not carries[min(t, source)]:
+            return
         landing = (warp(k[source : source + 1], flow, padding_mode="zeros") > 0.999).to(x.dtype)
         fill = (1 - k[t : t + 1]) * landing * in_frame(flow)
         x[t : t + 1] = torch.lerp(x[t : t + 1], warp(x[source : source + 1], flow, mode="bicubic"), fill)
@@ -379,7 +397,7 @@ def resize_flow(flow, size):
     Bilinear, antialiased when shrinking (a pooled flow, as the grid of a latent model
     sees it); returns `flow` itself when the size already matches.
     """
-    f = as_batch(flow, "flow", channels=2)
+    f = as_batch(flow, "flow", channels=2, allow_nan=True)
     h, w = size
     if tuple(f.shape[-2:]) == (h, w):
         return flow
@@ -387,6 +405,11 @@ def resize_flow(flow, size):
     out = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
     scale = torch.tensor([w / f.shape[-1], h / f.shape[-2]], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
     return to_like(out * scale, flow)
+
+
+# A pair needs trusted flow on this share of its pixels, both ways, to be densified: the
+# sparsest density the neuroexplicit densifier was trained and measured at (1 %).
+MIN_TRUSTED = 0.01
 
 
 def restoration_flows(guide, observed, size=None, method: str = "dis", densify_method: str = "neuroexplicit",
@@ -400,13 +423,26 @@ def restoration_flows(guide, observed, size=None, method: str = "dis", densify_m
     Flow is estimated on the guide both ways and filled by `densify` wherever the
     forward–backward check fails or the match was not made between observed pixels
     (`trusted_matches`: an inpainting hole has no trustworthy motion of its own, nor
-    does the flow next to it). Returns (fwd (T−1,2,h,w), bwd (T−1,2,h,w)).
+    does the flow next to it). A pair where either way less than `MIN_TRUSTED` of the
+    pixels keeps its flow has none: NaN over the whole pair (see `linked`), to be sampled
+    without coupling rather than densified from (almost) nothing.
+    Frames too small for DIS have no flow at all.
+    Returns (fwd (T−1,2,h,w), bwd (T−1,2,h,w)).
     """
+    size = size or tuple(guide.shape[-2:])
+    if method == "dis" and max(guide.shape[-2:]) < DIS_MIN_SIDE:
+        none = torch.full((guide.shape[0] - 1, 2, *size), float("nan"), device=guide.device)
+        return none, none.clone()
     fwd = estimate(guide[:-1], guide[1:], method=method, detail=detail)
     bwd = estimate(guide[1:], guide[:-1], method=method, detail=detail)
     fwd_known = consistency_mask(fwd, bwd) * trusted_matches(fwd, observed[:-1], observed[1:])
     bwd_known = consistency_mask(bwd, fwd) * trusted_matches(bwd, observed[1:], observed[:-1])
-    fwd = densify(fwd, fwd_known, guide[:-1], method=densify_method) if fwd_known.min() < 1 else fwd
-    bwd = densify(bwd, bwd_known, guide[1:], method=densify_method) if bwd_known.min() < 1 else bwd
-    size = size or tuple(guide.shape[-2:])
-    return resize_flow(fwd, size), resize_flow(bwd, size)
+    found = (fwd_known.flatten(1).mean(1) >= MIN_TRUSTED) & (bwd_known.flatten(1).mean(1) >= MIN_TRUSTED)
+    flows = []
+    for flow, known, image in ((fwd, fwd_known, guide[:-1]), (bwd, bwd_known, guide[1:])):
+        dense = torch.full_like(flow, float("nan"))
+        if found.any():
+            f, k = flow[found], known[found]
+            dense[found] = densify(f, k, image[found], method=densify_method) if k.min() < 1 else f
+        flows.append(resize_flow(dense, size))
+    return tuple(flows)

@@ -182,6 +182,20 @@ def pixel_grid(
     return torch.stack((xs, ys)).unsqueeze(0).expand(batch, 2, height, width).contiguous()
 
 
+# How far apart (px, along x) the chains restarted at consecutive frames start: far beyond
+# any GP length scale and any frame, so each restart draws fresh noise from the same plane.
+RESTART_STRIDE = 2**16
+
+
+def restart_coords(height: int, width: int, index: int) -> torch.Tensor:
+    """(1, 2, height, width) float64: the coordinates a chain restarts on at frame `index`
+    of its shot (after a pair without flow): the pixel grid moved `index` × RESTART_STRIDE
+    px, so the noise there is a fresh draw, as after a cut, and the same in every unit."""
+    grid = pixel_grid(height, width)
+    grid[:, 0] += float(_check_int(index, "index", minimum=0) * RESTART_STRIDE)
+    return grid
+
+
 def gp_noise(features: GPFeatures, coords):
     """Evaluate the GP sample `features` at coordinates (B, 2, H, W) -> (B, C, H, W) float32.
 

@@ -18,7 +18,9 @@ anywhere, with no other file and no network. Drawn with matplotlib (Agg, through
      estimated on the input (DIS on the source frames, resized to the output grid), and
      the same for the upscaled input as a reference; seams (where units meet) and cuts
      (shot starts) as vertical lines. Pairs across a cut are not measured: no flow
-     links two shots;
+     links two shots. Pairs the worker found no motion between (restored uncoupled:
+     no guidance or propagation across them, their noise chain restarted) are marked
+     and listed;
   4. the stage seconds of its units' latest attempts (decode, flow, sample, write) and
      of its encode.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import posixpath
 import re
 import struct
@@ -59,6 +62,7 @@ from raywarp.tensors import frames_to_tensor, tensor_to_frames
 RUNS = 10  # runs of consecutive frames read from a long film
 SPAN = 24  # frames of one read (and of one run of a long film)
 MEASURE_SIDE = 1024  # longer side, px, at which frames are measured and sliced
+FALLBACKS_LISTED = 20  # frame pairs restored without flow named on the page; the rest counted
 DETAIL = 160  # side, in output px, of the centre detail
 STAGES = ("decode", "flow", "sample", "write")
 STAGE_COLOURS = {"decode": "#8da0cb", "flow": "#66c2a5", "sample": "#fc8d62", "write": "#e5c494", "encode": "#a6a6a6"}
@@ -195,21 +199,38 @@ def _section(video: dict, name: str, state: str, units: list[dict], cuts: list[i
         return "\n".join(parts)
     seams = sorted({u["out_start"] for u in units} - {0, *cuts})
     done = sum((latest.get(u["id"]) or {}).get("status") == "done" for u in units)
+    fallbacks = _fallback_pairs(units, latest)
     parts += [f"<p>{video['frames']} frames at {video['fps']:.3g} fps · {len(cuts) + 1} shot(s) · {len(units)} units "
               f"({sum(u['kind'] == 'seam' for u in units)} seams), {done} done</p>", _seconds_table(times, video["frames"])]
+    if fallbacks:
+        listed = ", ".join(f"{t}–{t + 1}" for t in fallbacks[:FALLBACKS_LISTED])
+        more = f" and {len(fallbacks) - FALLBACKS_LISTED} more" if len(fallbacks) > FALLBACKS_LISTED else ""
+        parts.append(f"<p class=fallback>{len(fallbacks)} frame pair(s) with no motion found between them, restored "
+                     f"without flow coupling (no guidance or propagation across them; the noise restarted): frames "
+                     f"{_e(listed)}{more}.</p>")
     if state != "done":
         reason = (latest.get(vid) or {}).get("error") or "not written yet"
         parts.append(f"<p>No output: {_e(reason)}</p></section>")
         return "\n".join(parts)
     label = f"input, bicubic ×{config.get('scale')}" if config.get("task") == "sr" else "input"
     try:
-        parts += _pictures(video, name, label, seams, cuts, storage_options)
+        parts += _pictures(video, name, label, seams, cuts, fallbacks, storage_options)
     except Exception as exc:  # noqa: BLE001 - one unreadable video must not cost the whole report
         parts.append(f"<p>Cannot show the frames: {_e(type(exc).__name__)}: {_e(exc)}</p>")
     return "\n".join(parts) + "</section>"
 
 
-def _pictures(video: dict, name: str, label: str, seams: list[int], cuts: list[int],
+def _fallback_pairs(units: list[dict], latest: dict) -> list[int]:
+    """Frames t of a video whose pair (t, t+1) its units' latest rows report restored
+    without flow (`fallback_pairs` in their metrics), in order."""
+    pairs = set()
+    for u in units:
+        row = latest.get(u["id"]) or {}
+        pairs.update(json.loads(row.get("metrics") or "{}").get("fallback_pairs", []))
+    return sorted(pairs)
+
+
+def _pictures(video: dict, name: str, label: str, seams: list[int], cuts: list[int], fallbacks: list[int],
               storage_options: dict | None) -> list[str]:
     """The frames, detail, x–t slices and consistency plot of a video with an output."""
     sample = _measure(video, cuts, storage_options)
@@ -229,7 +250,7 @@ def _pictures(video: dict, name: str, label: str, seams: list[int], cuts: list[i
         "<p class=note>Seams (orange) and cuts (red) are ticked at both edges. Streaks that appear in the output "
         "and not in the input are flicker the restoration added.</p>",
         "<h3>Temporal consistency</h3>", consistency,
-        _img(_consistency_figure(sample, seams, cuts, label), f"{name}: warping error per frame"),
+        _img(_consistency_figure(sample, seams, cuts, fallbacks, label), f"{name}: warping error per frame"),
     ]
     if len(sample.index) < video["frames"]:
         parts.append(f"<p class=note>{len(sample.index)} of {video['frames']} frames sampled, in runs of {SPAN} "
@@ -392,8 +413,10 @@ def _slices_figure(sample: _Sample, seams: list[int], cuts: list[int], label: st
     return fig
 
 
-def _consistency_figure(sample: _Sample, seams: list[int], cuts: list[int], label: str) -> Figure:
-    """Warping error per frame (the pair ending there), one panel per run; seams and cuts marked."""
+def _consistency_figure(sample: _Sample, seams: list[int], cuts: list[int], fallbacks: list[int],
+                        label: str) -> Figure:
+    """Warping error per frame (the pair ending there), one panel per run; seams, cuts and
+    pairs restored without flow marked."""
     runs = _runs(sample.index)
     fig = _figure(960, 300)
     axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
@@ -408,6 +431,9 @@ def _consistency_figure(sample: _Sample, seams: list[int], cuts: list[int], labe
         for c in cuts:
             if lo < c <= hi:
                 ax.axvline(c - 0.5, color="#c0392b", linewidth=1.5, label="cut (shot start)")
+        for t in fallbacks:  # the pair (t, t+1), drawn where the pair ending at t+1 is
+            if lo < t + 1 <= hi:
+                ax.axvspan(t, t + 1, color="#bbbbbb", alpha=0.5, linewidth=0, label="no motion found (uncoupled)")
         ax.set_xlim(lo, hi)
         ax.set_xlabel("frame")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

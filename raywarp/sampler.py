@@ -142,26 +142,34 @@ def initial_noise(config: SamplerConfig, shape, seed: int, frame_index: torch.Te
     return torch.cat([rnoise.gp_noise(features, coords[i : i + 1]) for i in range(t)])
 
 
-def chain_coords(backward_flows: torch.Tensor, height: int, width: int, start: torch.Tensor | None = None) -> torch.Tensor:
+def chain_coords(backward_flows: torch.Tensor, height: int, width: int, start: torch.Tensor | None = None,
+                 first_index: int = 0) -> torch.Tensor:
     """GP coordinates of every frame (T, 2, h, w) from T−1 backward flows f_{t→t−1}.
 
     Frame 0 takes `start` (its coordinates in the video's chain, default the identity grid).
+    After a pair without flow (NaN, `raywarp.flow.linked`) the chain restarts, as at a cut:
+    frame t takes `noise.restart_coords` for its index `first_index + t` in the shot.
     """
     coords = [start if start is not None else rnoise.pixel_grid(height, width)]
-    for f in backward_flows:
-        coords.append(rnoise.warp_coords(coords[-1], f[None]))
+    for t, f in enumerate(backward_flows, start=1):
+        if bool(torch.isfinite(f).all()):
+            coords.append(rnoise.warp_coords(coords[-1], f[None]))
+        else:
+            coords.append(rnoise.restart_coords(height, width, first_index + t).to(coords[-1]))
     return torch.cat(coords)
 
 
 class ClipFlows:
-    """Per-clip tensors the step loop needs, prepared once (u-space flows and masks)."""
+    """Per-clip tensors the step loop needs, prepared once (u-space flows and masks).
+    A pair without flow (`raywarp.flow.linked`) gets empty masks: no guidance across it."""
 
     def __init__(self, flows_fwd, flows_bwd, device):
-        self.fwd = flows_fwd.to(device)
-        self.bwd = flows_bwd.to(device)
+        linked = (rflow.linked(flows_fwd) & rflow.linked(flows_bwd)).to(device).view(-1, 1, 1, 1)
+        self.fwd = flows_fwd.to(device).nan_to_num()
+        self.bwd = flows_bwd.to(device).nan_to_num()
         # Pixels of frame j−1 whose match in frame j is reliable, and vice versa.
-        self.mask_prev = rflow.consistency_mask(self.fwd, self.bwd)
-        self.mask_next = rflow.consistency_mask(self.bwd, self.fwd)
+        self.mask_prev = rflow.consistency_mask(self.fwd, self.bwd) * linked
+        self.mask_next = rflow.consistency_mask(self.bwd, self.fwd) * linked
 
 
 def self_guidance_energy(x0, prev, nxt, first: int, clip: ClipFlows) -> torch.Tensor:
@@ -222,11 +230,14 @@ def check_clip(observations, flows_fwd, flows_bwd):
     if y.shape[0] == 0:
         raise ValueError("observations: empty clip")
     t = y.shape[0]
-    fwd = as_batch(flows_fwd, "flows_fwd", channels=2) if t > 1 else torch.zeros(0, 2, 1, 1)
-    bwd = as_batch(flows_bwd, "flows_bwd", channels=2) if t > 1 else torch.zeros(0, 2, 1, 1)
+    fwd = as_batch(flows_fwd, "flows_fwd", channels=2, allow_nan=True) if t > 1 else torch.zeros(0, 2, 1, 1)
+    bwd = as_batch(flows_bwd, "flows_bwd", channels=2, allow_nan=True) if t > 1 else torch.zeros(0, 2, 1, 1)
     for name, f in (("flows_fwd", fwd), ("flows_bwd", bwd)):
         if t > 1 and f.shape[0] != t - 1:
             raise ValueError(f"{name}: need {t - 1} flows for {t} frames, got {f.shape[0]}")
+        nans = torch.isnan(f).flatten(1)
+        if bool((nans.any(1) & ~nans.all(1)).any()):
+            raise ValueError(f"{name}: NaN in part of a pair; a pair without flow is NaN over the whole pair")
     return y, fwd, bwd
 
 
@@ -275,7 +286,7 @@ def sample_clip(
             raise ValueError(f"anchor for frame {j}: expected an image of shape {(3, height, width)}, got {tuple(a.shape)}")
     anchors = {j: denoiser.encode(a[None].to(device)) for j, a in known.items()}  # their x̂0, fixed
     if config.mode in NOISE_OF_MODE and noise_coords is None:
-        noise_coords = chain_coords(bwd.double(), h, w)
+        noise_coords = chain_coords(bwd.double(), h, w, first_index=int(frame_index[0]))
 
     if config.propagate and config.mode in NOISE_OF_MODE and t > 1:  # what another frame saw is copied, not generated
         size = (height, width)

@@ -472,3 +472,53 @@ def test_propagate_bad_input():
         flow.propagate(frames, known, torch.zeros(3, 2, 8, 8), torch.zeros(3, 2, 8, 8))
     with pytest.raises(ValueError, match="^known: shape"):
         flow.propagate(frames, known[:2], torch.zeros(2, 2, 8, 8), torch.zeros(2, 2, 8, 8))
+
+
+# --------------------------------------------------------------------------
+# pairs without flow
+
+
+def rocket_pan(x0=20, y0=32, frames=6, size=(16, 24), step=2):
+    """Integer crops of the rocket photograph panned diagonally: low-texture sky, where
+    at ×2 no match between frames 3–4 and 4–5 survives the checks (the reported clip)."""
+    rocket = data.rocket().astype(np.float32) / 255
+    h, w = size
+    return torch.stack([_t(rocket[y0 + step * t : y0 + step * t + h, x0 + step * t : x0 + step * t + w])[0]
+                        for t in range(frames)])
+
+
+def test_pairs_without_trusted_flow_have_none():
+    op = inverse.SuperResolution(2, "bicubic")
+    guide = op.baseline(rocket_pan())
+    fwd, bwd = flow.restoration_flows(guide, torch.ones(6, 1, 32, 48), detail=2)
+    assert flow.linked(fwd).tolist() == flow.linked(bwd).tolist() == [True, True, True, False, False]
+    assert torch.isnan(fwd[3:]).all() and torch.isnan(bwd[3:]).all()
+    assert torch.isfinite(fwd[:3]).all() and torch.isfinite(bwd[:3]).all()
+    # Why: less than MIN_TRUSTED of those pairs survives the forward-backward check.
+    raw_f, raw_b = (flow.estimate(a, b, detail=2) for a, b in ((guide[:-1], guide[1:]), (guide[1:], guide[:-1])))
+    trusted = flow.consistency_mask(raw_f, raw_b).flatten(1).mean(1)
+    assert (trusted[3:] < flow.MIN_TRUSTED).all() and (trusted[:3] >= flow.MIN_TRUSTED).all()
+
+
+def test_frames_too_small_for_dis_have_no_flow():
+    frames = torch.rand(3, 3, 8, 10)
+    fwd, bwd = flow.restoration_flows(frames, torch.ones(3, 1, 8, 10), size=(16, 20))
+    assert fwd.shape == bwd.shape == (2, 2, 16, 20)
+    assert not flow.linked(fwd).any() and not flow.linked(bwd).any()
+
+
+def test_propagate_carries_nothing_across_a_pair_without_flow():
+    frames = torch.rand(3, 3, 8, 8)
+    known = torch.ones(3, 1, 8, 8)
+    known[1, :, 2:5, 2:5] = 0
+    zero = torch.zeros(2, 2, 8, 8)
+    _, filled = flow.propagate(frames * known, known, zero, zero)
+    assert filled[1].min() == 1  # frames 0 and 2 saw the hole
+    unlinked = zero.clone()
+    unlinked[:] = float("nan")
+    _, filled = flow.propagate(frames * known, known, unlinked, unlinked)
+    torch.testing.assert_close(filled, known)
+    half = zero.clone()
+    half[1] = float("nan")  # frame 0 still sees the hole through the pair that has flow
+    _, filled = flow.propagate(frames * known, known, half, half)
+    assert filled[1].min() == 1

@@ -156,3 +156,19 @@ def test_output_names_keep_the_folder_structure():
     out = output_uris("s3://b/out/", ["s3://b/in/r1/a.mov", "s3://b/in/r2/a.mov", "s3://b/in/b.mkv"])
     assert out == {"s3://b/in/r1/a.mov": "s3://b/out/r1/a.mp4", "s3://b/in/r2/a.mov": "s3://b/out/r2/a.mp4",
                    "s3://b/in/b.mkv": "s3://b/out/b.mp4"}
+
+
+def test_a_unit_with_a_pair_without_flow_restarts_the_chain():
+    size = (6, 8)
+    bwd = torch.full((3, 2, *size), -1.0, dtype=torch.float64)
+    bwd[1] = float("nan")  # frames 1 and 2 have no flow between them
+    coords = chain_coords(bwd, *size, first_index=10)
+    torch.testing.assert_close(coords[1], rnoise.pixel_grid(*size)[0] - 1)  # frame 1's pixels came from p − 1
+    torch.testing.assert_close(coords[2], rnoise.restart_coords(*size, 12)[0])  # frame 12 of its shot
+    torch.testing.assert_close(coords[3], coords[2] - 1)  # and chains on from there
+    assert not torch.equal(rnoise.restart_coords(*size, 12), rnoise.restart_coords(*size, 13))
+    # Its last frame has no position in its first: the next unit restarts on the grid.
+    end = rclip.end_map(bwd, size)
+    assert np.isnan(end).all()
+    assert rclip.advance(None, end) is None
+    assert rclip.advance(None, rclip.end_map(bwd[2:], size)) is not None

@@ -285,3 +285,31 @@ def test_a_static_hole_over_a_pan_is_copied_from_the_frames_that_saw_it():
         results[propagate] = (float(metrics.warping_error(out, fwd_true, bwd_true)), float(metrics.psnr(out, video)))
     assert results[True][0] < 0.3 * results[False][0], results
     assert results[True][1] > results[False][1] + 3, results
+
+
+@pytest.mark.parametrize("mode", ["warped", "white-warped"])
+def test_a_pair_without_flow_splits_the_clip(denoiser, mode):
+    # Frames 1 and 2 have no flow between them (NaN): no guidance across the pair and a
+    # fresh noise chain after it, so the clip comes out as its two halves sampled alone,
+    # the second on the coordinates the chain restarts on.
+    video, fwd, bwd = video_and_flows(frames=4)
+    fwd[1], bwd[1] = float("nan"), float("nan")
+    op = inverse.SuperResolution(4, "bicubic")
+    y = op.forward(video)
+    cfg = SamplerConfig(mode=mode, steps=3, batch_size=8)
+    whole = sample_clip(denoiser, op, y, fwd, bwd, seed=3, config=cfg).frames
+    first = sample_clip(denoiser, op, y[:2], fwd[:1], bwd[:1], seed=3, config=cfg).frames
+    restarted = chain_coords(bwd[2:].double(), 32, 32, start=noise.restart_coords(32, 32, 2))
+    second = sample_clip(denoiser, op, y[2:], fwd[2:], bwd[2:], seed=3, config=cfg, frame_index=torch.arange(2, 4),
+                         noise_coords=restarted).frames
+    torch.testing.assert_close(whole, torch.cat([first, second]), atol=1e-4, rtol=0)
+    coupled = sample_clip(denoiser, op, y, *video_and_flows(frames=4)[1:], seed=3, config=cfg).frames
+    assert (coupled - whole).abs().max() > 1e-3  # with the flow, the halves do affect each other
+
+
+def test_a_pair_partly_without_flow_is_refused(denoiser):
+    video, fwd, bwd = video_and_flows(frames=3)
+    fwd[0, :, :4] = float("nan")
+    op = inverse.SuperResolution(4, "bicubic")
+    with pytest.raises(ValueError, match="flows_fwd: NaN in part of a pair"):
+        sample_clip(denoiser, op, op.forward(video), fwd, bwd, seed=0, config=SamplerConfig(steps=1))

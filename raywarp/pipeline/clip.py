@@ -111,7 +111,10 @@ def flows(m: Measurement, config: RunConfig, device="cpu") -> tuple[torch.Tensor
 
 def end_map(bwd: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     """(2, h, w) float32: the position in the unit's first frame of each pixel of its last,
-    as a displacement from the pixel grid (smooth, so it compresses)."""
+    as a displacement from the pixel grid (smooth, so it compresses); NaN where a pair of
+    the unit has no flow (`raywarp.flow.linked`): its last frame has no position in its first."""
+    if not bool(rflow.linked(bwd).all()):
+        return np.full((2, *grid), np.nan, np.float32)
     coords = chain_coords(bwd.double(), *grid)[-1]
     return (coords - rnoise.pixel_grid(*grid)[0]).float().numpy()
 
@@ -120,7 +123,9 @@ def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray | None:
     """GP coordinates (2, h, w) of the next unit's first frame (this unit's last), from this
     unit's first-frame coordinates (None: the identity grid, a shot's first unit) and its
     end map; None (the identity grid: the chain restarts) where their neighbour spacing
-    leaves `NOISE_SPACING`."""
+    leaves `NOISE_SPACING`, or where the end map is NaN (the chain restarted inside the unit)."""
+    if np.isnan(end).any():
+        return None
     first_t = rnoise.pixel_grid(*end.shape[-2:]) if first is None else torch.tensor(first)[None]
     coords = rnoise.warp_coords(first_t, torch.tensor(end, dtype=torch.float64)[None])[0]
     low, high = NOISE_SPACING
@@ -142,7 +147,7 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     coords = None
     if config.sampler.mode in NOISE_OF_MODE:
         first = torch.tensor(first_coords)[None] if first_coords is not None else None
-        coords = chain_coords(bwd.double(), *m.grid, start=first)
+        coords = chain_coords(bwd.double(), *m.grid, start=first, first_index=start)
 
     def anchor(frame):  # padded as the output is
         return None if frame is None else inverse.pad_to_multiple(frames_to_tensor(frame[None]), s * denoiser.multiple)[0][0]

@@ -521,7 +521,8 @@ class _Stream:
                 subject.state = "decoded"
         elif what == "flowed":
             subject.earlier.update(seconds_flow=result.get("seconds_flow", 0.0),
-                                   end_map_checksum=result.get("end_map_checksum"))
+                                   end_map_checksum=result.get("end_map_checksum"),
+                                   fallback_pairs=result.get("fallback_pairs", []))
             if result["error"]:
                 self._fail(subject, result["error"], coords_broken=True)
             else:

@@ -36,6 +36,7 @@ import numpy as np
 import ray
 import torch
 
+from raywarp import flow as rflow
 from raywarp.densify import shipped_model
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import telemetry
@@ -143,16 +144,20 @@ class UnitWorker:
 
     @ray.method(num_returns=3)
     def flows(self, unit: dict, pixels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({'seconds_flow', 'end_map_checksum', 'error'}, flows (2, T−1, 2, h, w) float16
-        fwd/bwd, end map (2, h, w))."""
+        """({'seconds_flow', 'end_map_checksum', 'fallback_pairs', 'error'}, flows (2, T−1,
+        2, h, w) float16 fwd/bwd, end map (2, h, w)). fallback_pairs: the video frames t
+        whose pair (t, t+1) has no flow (`raywarp.flow.linked`), restored uncoupled."""
         t0 = time.perf_counter()
         try:
             m = self._measure(unit, pixels)
             with torch.no_grad():
-                flows = torch.stack(rclip.flows(m, self.config, self.device)).half().cpu().numpy()
+                fwd, bwd = rclip.flows(m, self.config, self.device)
+            unlinked = (~(rflow.linked(fwd) & rflow.linked(bwd))).nonzero().flatten().tolist()
+            flows = torch.stack((fwd, bwd)).half().cpu().numpy()
             end = rclip.end_map(torch.from_numpy(flows[1]).float(), m.grid)
             _, end_map_checksum = self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
-            return {"seconds_flow": time.perf_counter() - t0, "end_map_checksum": end_map_checksum, "error": ""}, flows, end
+            return {"seconds_flow": time.perf_counter() - t0, "end_map_checksum": end_map_checksum, "error": "",
+                    "fallback_pairs": [int(unit["start"]) + i for i in unlinked]}, flows, end
         except Exception as exc:  # noqa: BLE001
             return {"seconds_flow": time.perf_counter() - t0, "error": error_text("flow", exc)}, EMPTY, EMPTY
 
@@ -165,7 +170,7 @@ class UnitWorker:
         start_anchor / end_anchor: the neighbouring seams' frames (T, H, W, 3); the clip's
         first frame is the previous seam's last, its last frame the next seam's first.
         earlier: what the decode and flow stages reported ('started_at', 'seconds_decode',
-        'seconds_flow', 'end_map_checksum'). commit: the commit's name, one per dispatch,
+        'seconds_flow', 'end_map_checksum', 'fallback_pairs'). commit: the commit's name, one per dispatch,
         so a retry of this call after a crash does not commit the unit twice.
         """
         t0 = t_sampled = time.perf_counter()
@@ -183,7 +188,8 @@ class UnitWorker:
             frames = restored[int(unit["out_start"]) - start : int(unit["out_stop"]) - start]
             output, checksums[unit["id"]] = self.manifest.put_arrays(unit["id"], frames=frames)
             checksums[end_map_key(unit["id"])] = earlier["end_map_checksum"]
-            metrics = {"measurement_error": m.op.measurement_error(frames_to_tensor(restored), m.y)}
+            metrics = {"measurement_error": m.op.measurement_error(frames_to_tensor(restored), m.y),
+                       "fallback_pairs": earlier.get("fallback_pairs", [])}
         except Exception as exc:  # noqa: BLE001
             error = error_text("sample", exc)
         row = progress_row(
