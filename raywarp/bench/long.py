@@ -117,13 +117,15 @@ def _run_child(src: str, dst: str, model: str, steps: int, out) -> None:
 
 def _encode_child(dst: str, out) -> None:
     from raywarp.pipeline.manifest import Manifest
-    from raywarp.pipeline.stages import encode_units
+    from raywarp.pipeline.stages import encode_units, unit_checksums
 
     manifest = Manifest(dst)
     video = manifest.read_table("videos").to_pylist()[0]
     units = sorted(manifest.read_table("clips").to_pylist(), key=lambda u: u["out_start"])
+    latest = manifest.latest()
+    payloads = [(u["id"], unit_checksums(latest[u["id"]]).get(u["id"])) for u in units]
     with _PeakRss() as rss:
-        row = encode_units({**video, "output": f"{dst}/again.mp4"}, [u["id"] for u in units], dst, None, 99)
+        row = encode_units({**video, "output": f"{dst}/again.mp4"}, payloads, dst, None, 99)
     out.put({"ok": row["status"] == "done", "error": row["error"], "rss_before": rss.before, "rss_peak": rss.peak})
 
 

@@ -1,0 +1,42 @@
+"""Every benchmark at its smallest size, so a benchmark that breaks fails the suite.
+
+(`bench.densify`, `bench.gpu` and `bench.gpu_check` have theirs beside their own tests:
+test_densify.py, test_bench_gpu.py, test_gpu_check.py.)
+"""
+
+import math
+
+import pytest
+
+from raywarp.bench import flow, long, pipeline, sampler
+
+
+def test_sampler_benchmark_scores_every_scene_task_and_mode():
+    rows = sampler.main(["--frames", "3", "--size", "32", "--steps", "1", "--modes", "independent", "warped"])
+    assert {(r["task"], r["mode"]) for r in rows} >= {(t, m) for t in ("SR ×4", "inpaint") for m in ("independent", "warped")}
+    assert len({r["scene"] for r in rows}) >= 4
+    assert all(r["warp"] >= 0 and math.isfinite(r["psnr"]) and r["s/frame"] >= 0 for r in rows)
+    assert all(r["s/frame"] > 0 for r in rows if r["mode"] != "baseline" and not r["mode"].startswith("baseline "))
+
+
+def test_flow_benchmark_scores_every_set_and_estimator():
+    rows = flow.main(["--size", "32", "--pairs", "1"])
+    assert {r["set"] for r in rows} >= {"real (Motorcycle)"} and len({r["set"] for r in rows}) >= 3
+    assert {r["estimator"] for r in rows} >= {"DIS medium", "Farneback", flow.DENSIFIED}
+    assert all(r["epe"] >= 0 and r["ms"] > 0 for r in rows)
+
+
+def test_pipeline_benchmark_matches_the_plain_loop(local_ray):
+    rows = pipeline.main(["--videos", "1", "--frames", "6", "--size", "8", "8", "--steps", "1", "--actors", "1"])
+    plain, ray_run = rows
+    assert plain["runner"].startswith("plain loop") and ray_run["runner"] == "raywarp run, 1 actor"
+    assert ray_run["diff"] == 0  # the same stages, so the same videos, pixel for pixel
+    assert all(r["fps"] > 0 and 0 < r["busy"] <= 1 and r["bytes_px"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_long_video_benchmark_measures_the_driver_and_the_encoder():
+    (row,) = long.main(["--frames", "12", "--size", "8", "8", "--steps", "1", "--scan-size", "48", "64"])
+    assert row["found"] == row["shots"] and row["units"] >= 1
+    assert row["driver"]["rss_peak"] >= row["driver"]["rss_before"] > 0
+    assert row["encoder"]["rss_peak"] >= row["encoder"]["rss_before"] > 0
