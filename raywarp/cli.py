@@ -1,10 +1,12 @@
 """`raywarp run | status | report | demo`: the command line, and the one place flags become a RunConfig.
 
-    raywarp run SRC --out DST --task sr|inpaint [--scale 4] [--mask SPEC] [--model NAME|PATH]
+    raywarp run SRC --out DST --task sr|inpaint|denoise [--scale 4] [--kernel bicubic|area] [--mask SPEC]
+                [--model NAME|PATH] [--strength S] [--seed N] [--reestimate-flow-at F] [--[no-]propagate]
                 [--mode MODE] [--guidance-method x0|gradient] [--clip-len 16] [--overlap 4]
-                [--steps N] [--guidance λ] [--flow-from baseline|input] [--flow-method dis|farneback|raft]
+                [--steps N] [--guidance λ] [--flow-from baseline|input] [--flow-method dis|farneback]
+                [--densify-method neuroexplicit|eed|laplace]
                 [--shot-threshold 27] [--precision fp32|bf16|fp16] [--compile]
-                [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--min-actors N]
+                [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--decode-cpus F] [--min-actors N]
                 [--max-actors N]
     raywarp status DST [--json] [--watch [SECONDS]]
     raywarp report DST [--out FILE.html]
@@ -30,12 +32,13 @@ import sys
 import threading
 
 from raywarp import flow as rflow
+from raywarp.densify import METHODS as DENSIFY_METHODS
 from raywarp.pipeline.config import RunConfig
 from raywarp.sampler import GUIDANCE_METHODS, MODES, SamplerConfig
 from raywarp.tensors import PRECISIONS
 
 DEFAULT_MODE = {"gp": "warped", "white": "white-warped"}  # by the noise the model was trained on
-REESTIMATE_FLOW_AT = {"inpaint": 0.5}  # by task; README "Which flow"
+REESTIMATE_FLOW_AT = {"inpaint": 0.5}  # by task; measured: docs/sampling.md#re-estimation
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -64,13 +67,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="SR: estimate motion on the bicubic baseline or on the low-resolution input")
     p.add_argument("--reestimate-flow-at", type=float, default=None,
                    help="re-estimate self-guidance's flows on the sampler's own prediction after this fraction of the "
-                        f"steps (0: never); default {REESTIMATE_FLOW_AT['inpaint']} for inpainting (measured: 4.8x "
-                        "instead of 4.5x less warping error than per-frame sampling), 0 otherwise (no gain for SR)")
+                        f"steps (0: never); default {REESTIMATE_FLOW_AT['inpaint']} for inpainting, 0 otherwise "
+                        "(measured: docs/sampling.md)")
     p.add_argument("--propagate", action=argparse.BooleanOptionalAction, default=sampler.propagate,
                    help="inpainting, in the modes that follow the flow: copy hole pixels that the flow traces to a "
                         "pixel another frame of the clip saw, and generate only the rest")
     p.add_argument("--flow-method", choices=rflow.METHODS, default=defaults.flow_method,
-                   help="optical flow estimator (DIS needs a side of at least 12 px on the model's grid)")
+                   help="optical flow estimator (frames too small for DIS, under 12 px on the model's grid, get no flow)")
+    p.add_argument("--densify-method", choices=DENSIFY_METHODS, default=defaults.densify_method,
+                   help="how flow is filled where it cannot be trusted: the shipped neuroexplicit densifier, edge-enhancing "
+                        "diffusion, or homogeneous (Laplace) diffusion")
     p.add_argument("--shot-threshold", type=float, default=defaults.shot_threshold,
                    help="cut detection: mean HSV change between frames that starts a new shot (PySceneDetect's "
                         "ContentDetector); 0: no detection, every video is one shot")
@@ -80,6 +86,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address ('auto' or ray://…); default: start an embedded local Ray")
     p.add_argument("--gpus-per-actor", type=float, default=defaults.gpus_per_actor, help="fractions allowed")
     p.add_argument("--actor-cpus", type=float, default=defaults.actor_cpus, help="logical CPUs (and threads) per worker actor")
+    p.add_argument("--decode-cpus", type=float, default=defaults.decode_cpus,
+                   help="logical CPUs per light task (probe, shot scan, decode, encode); fractions let them run beside the actors")
     p.add_argument("--min-actors", type=int, default=defaults.min_actors)
     p.add_argument("--max-actors", type=int, default=defaults.max_actors)
     p.add_argument("--verbose", action="store_true",
@@ -108,9 +116,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                             propagate=args.propagate)
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
-                     flow_method=args.flow_method, shot_threshold=args.shot_threshold, precision=args.precision,
-                     compile=args.compile, gpus_per_actor=args.gpus_per_actor,
-                     actor_cpus=args.actor_cpus, min_actors=args.min_actors, max_actors=args.max_actors)
+                     flow_method=args.flow_method, densify_method=args.densify_method, shot_threshold=args.shot_threshold,
+                     precision=args.precision, compile=args.compile, gpus_per_actor=args.gpus_per_actor,
+                     actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, min_actors=args.min_actors,
+                     max_actors=args.max_actors)
 
 
 def storage_options_from_args(args: argparse.Namespace) -> dict | None:

@@ -6,8 +6,7 @@ and channel 1 the vertical (y, row) one. The forward flow f01 maps pixel p of
 frame 0 to p + f01(p) in frame 1, and `warp` is a backward warp,
 warp(x, f)(p) = x(p + f(p)), so warp(I1, f01) ≈ I0.
 
-Estimation wraps OpenCV (DIS, Farneback) and optionally torchvision's RAFT
-from a local weights file; nothing here ever downloads. The masks follow the
+Estimation wraps OpenCV (DIS, Farneback); nothing here ever downloads. The masks follow the
 forward-backward check of Sundaram et al. 2010 (as used in UnFlow, Meister et
 al. 2018) and the motion-boundary test of Lai et al. 2018, so that the
 warping-error metric in `raywarp.metrics` matches the published protocol.
@@ -20,9 +19,7 @@ frame: too little flow survives the checks) has no flow: NaN over the whole pair
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import cv2
 import numpy as np
@@ -31,7 +28,7 @@ import torch.nn.functional as F
 
 from raywarp.tensors import as_batch, check_same_size, to_like
 
-METHODS = ("dis", "farneback", "raft")
+METHODS = ("dis", "farneback")
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -50,19 +47,16 @@ _RANGE_SLACK = 0.1
 # estimation
 
 
-def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, detail: float = 1.0, *,
+def estimate(a, b, method: str = "dis", preset: str = "medium", detail: float = 1.0, *,
              dis_level: int | None = None, blur: float | None = None):
     """Dense forward flow from frames `a` to `b`.
 
     a, b: (B, 3, H, W) RGB in [0, 1], torch or numpy ((3, H, W) also accepted).
-    method: "dis" (OpenCV DIS), "farneback" (OpenCV Farneback) or "raft"
-        (torchvision raft_large, needs `weights`).
+    method: "dis" (OpenCV DIS) or "farneback" (OpenCV Farneback).
     preset: DIS speed/quality preset, one of "ultrafast", "fast", "medium"
         (validated for every method, used only by "dis"): patch size and iterations;
         the finest pyramid level and a blur follow `detail` instead (`dis_finest_scale`,
         `antialias_sigma`).
-    weights: path to a local RAFT-large state dict (.pth/.pt or .safetensors);
-        required for method="raft", ignored otherwise. Never downloaded.
     detail: how many pixels of the frames one pixel of real detail spans: 1 for sharp
         frames, s for a baseline upsampled ×s (SR). Used only by "dis".
     dis_level, blur: override what `detail` sets (DIS's finest level, the Gaussian σ in
@@ -89,11 +83,8 @@ def estimate(a, b, method: str = "dis", preset: str = "medium", weights=None, de
         if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
             raise ValueError(f"{name}: expected RGB values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
 
-    if method == "raft":
-        flow = _raft(ta, tb, weights)
-    else:
-        level = dis_finest_scale(detail) if dis_level is None else dis_level
-        flow = _opencv(ta, tb, method, preset, level, antialias_sigma(detail) if blur is None else blur)
+    level = dis_finest_scale(detail) if dis_level is None else dis_level
+    flow = _opencv(ta, tb, method, preset, level, antialias_sigma(detail) if blur is None else blur)
     return to_like(flow, a)
 
 
@@ -156,50 +147,6 @@ def _opencv(a: torch.Tensor, b: torch.Tensor, method: str, preset: str, finest_s
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(a.device)
 
 
-def _raft(a: torch.Tensor, b: torch.Tensor, weights) -> torch.Tensor:
-    if weights is None:
-        raise ValueError(
-            "weights: method='raft' needs a local RAFT-large weights file (weights=path); "
-            "raywarp never downloads weights"
-        )
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: RAFT weights file not found: {path}")
-    model = _raft_model(os.path.realpath(path), os.path.getmtime(path), str(a.device))
-
-    _, _, h, w = a.shape
-    # RAFT works on 1/8 resolution: pad to a multiple of 8, crop the flow back.
-    ph, pw = (-h) % 8, (-w) % 8
-
-    def prep(x):  # torchvision's RAFT transform: [0, 1] -> [-1, 1]
-        return F.pad(x.float().clamp(0, 1) * 2 - 1, (0, pw, 0, ph), mode="replicate")
-
-    with torch.no_grad():
-        flows = model(prep(a), prep(b))
-    return flows[-1][:, :, :h, :w].float().contiguous()
-
-
-@functools.lru_cache(maxsize=2)
-def _raft_model(path: str, mtime: float, device: str):
-    """Load raft_large once per (file, device); mtime keys out stale caches."""
-    try:
-        from torchvision.models.optical_flow import raft_large
-    except ImportError as e:  # torchvision is optional for raywarp
-        raise ImportError(
-            "method='raft' needs torchvision (torchvision.models.optical_flow.raft_large), "
-            f"which is not importable: {e}. Install torchvision or use method='dis'."
-        ) from e
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path, device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model = raft_large(weights=None, progress=False)  # weights=None: never fetch
-    model.load_state_dict(state)
-    return model.eval().to(device)
-
-
 # --------------------------------------------------------------------------
 # warping
 
@@ -255,18 +202,6 @@ def in_frame(flow):
     gx, gy = _coords(tf)
     inside = (gx >= 0) & (gx <= w - 1) & (gy >= 0) & (gy <= h - 1)
     return to_like(inside.unsqueeze(1).to(tf.dtype), flow)
-
-
-def compose(f01, f12):
-    """Flow from frame 0 to frame 2: f02(p) = f01(p) + f12(p + f01(p)).
-
-    f01, f12: (B, 2, H, W). Where p + f01(p) leaves the frame, f12 is read at
-    the nearest border (check with `in_frame(f01)`).
-    """
-    a = as_batch(f01, "f01", channels=2)
-    b = as_batch(f12, "f12", channels=2)
-    check_same_size(f01=a, f12=b)
-    return to_like(a + warp(b, a), f01)
 
 
 # --------------------------------------------------------------------------

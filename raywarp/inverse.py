@@ -518,8 +518,9 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _SHAPE = re.compile(rf"^(rect|circle):\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*(?:@\s*({_NUMBER})\s*,\s*({_NUMBER}))?$")
 
 
-def parse_mask(spec: str, size, frames: int) -> torch.Tensor:
-    """Build a (frames, 1, H, W) float32 mask (1 = observed, 0 = hole) from a spec.
+def parse_mask(spec: str, size, frames: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Build the (stop − start, 1, H, W) float32 mask (1 = observed, 0 = hole) of frames
+    [start, stop) (default: all) of a `frames`-frame video from a spec.
 
     In specs and mask files the SHAPE (or the white pixels) marks the HOLE to inpaint.
 
@@ -536,32 +537,49 @@ def parse_mask(spec: str, size, frames: int) -> torch.Tensor:
     - `dir:PATH`: one such image per frame, the files in sorted name order; their count
       must equal `frames`.
 
-    A static mask comes back as a broadcast view over frames (no copy per frame):
-    call `.contiguous()` before writing into it. Raises ValueError naming the spec.
+    Only the span's frames are evaluated (its mask files read), so a unit's mask costs
+    what its own frames cost, whatever the video's length. A static mask comes back as a
+    broadcast view over frames (no copy per frame): call `.contiguous()` before writing
+    into it. Raises ValueError naming the spec.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec: expected a mask spec string, got {spec!r}")
     h, w = _check_size(size)
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
         raise ValueError(f"frames: expected an int >= 1, got {frames!r}")
+    stop = frames if stop is None else stop
+    if not 0 <= start < stop <= frames:
+        raise ValueError(f"start, stop: expected 0 <= start < stop <= frames = {frames}, got {start}, {stop}")
     spec = spec.strip()
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "file":
         hole = _read_hole(rest.strip(), (h, w), spec)
-        return torch.from_numpy(~hole).float()[None, None].expand(frames, 1, h, w)
+        return torch.from_numpy(~hole).float()[None, None].expand(stop - start, 1, h, w)
     if kind == "dir":
-        path = rest.strip()
-        if not os.path.isdir(path):
-            raise ValueError(f"spec {spec!r}: {path!r} is not a directory")
-        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if len(files) != frames:
-            raise ValueError(
-                f"spec {spec!r}: found {len(files)} mask images in {path!r}, expected {frames} (one per frame)"
-            )
-        holes = np.stack([_read_hole(os.path.join(path, f), (h, w), spec) for f in files])
-        return torch.from_numpy(~holes).float()[:, None]
+        files = _mask_files(rest.strip(), frames, spec)[start:stop]
+        return torch.from_numpy(~np.stack([_read_hole(f, (h, w), spec) for f in files])).float()[:, None]
+    static, moving = _shape_holes(spec, (h, w))
+    if not moving:
+        return torch.from_numpy(~static).float()[None, None].expand(stop - start, 1, h, w)
+    holes = np.stack([static | functools.reduce(np.logical_or, (f(t) for f in moving)) for t in range(start, stop)])
+    return torch.from_numpy(~holes).float()[:, None]
 
+
+def _mask_files(path: str, frames: int, spec: str) -> list[str]:
+    """The mask images of a `dir:` spec in frame order; exactly one per frame."""
+    if not os.path.isdir(path):
+        raise ValueError(f"spec {spec!r}: {path!r} is not a directory")
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if len(files) != frames:
+        raise ValueError(f"spec {spec!r}: found {len(files)} mask images in {path!r}, expected {frames} (one per frame)")
+    return [os.path.join(path, f) for f in files]
+
+
+def _shape_holes(spec: str, size: tuple[int, int]):
+    """(static hole (H, W) bool, [hole_at(t) -> (H, W) bool of each moving shape]) of a
+    spec of shapes joined by '+'."""
+    h, w = size
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5  # pixel centres
     static = np.zeros((h, w), bool)
     moving = []
@@ -594,10 +612,7 @@ def parse_mask(spec: str, size, frames: int) -> torch.Tensor:
             static |= hole_at(0)
         else:
             moving.append(hole_at)
-    if not moving:
-        return torch.from_numpy(~static).float()[None, None].expand(frames, 1, h, w)
-    holes = np.stack([static | functools.reduce(np.logical_or, (f(t) for f in moving)) for t in range(frames)])
-    return torch.from_numpy(~holes).float()[:, None]
+    return static, moving
 
 
 def check_mask_spec(spec: str) -> None:

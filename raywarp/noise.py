@@ -8,9 +8,10 @@ This module owns the initial noise of a video sampler, nothing else:
   function of continuous coordinates, "warping" the noise of a frame is exact: the next
   frame's noise is the same function evaluated at coordinates carried along the flow
   (`warp_coords`), never an interpolation of noise values.
-* A Gaussian-preserving warp of i.i.d. pixel noise (`warp_white_noise`) for models that
-  were not fine-tuned on GP noise, in the manner of integral noise warping
-  ("How I Warped Your Noise") / Go-with-the-Flow: every output pixel is exactly N(0, 1).
+* White noise at the same coordinates (`white_noise_at`) for models that were not
+  fine-tuned on GP noise: a seeded white-noise plane integrated over each pixel's
+  footprint, in the manner of integral noise warping ("How I Warped Your Noise") /
+  Go-with-the-Flow, so every pixel is exactly N(0, 1).
 
 Units: coordinates, flows and `length_scale` are in PIXELS of the grid the noise is
 evaluated on; pixel (row i, column j) has coordinate (x, y) = (j, i). Flows are
@@ -27,7 +28,6 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,10 +40,10 @@ __all__ = [
     "pixel_grid",
     "gp_noise",
     "warp_coords",
-    "warped_gp_noise",
     "neighbour_spacing",
     "white_noise",
-    "warp_white_noise",
+    "white_noise_at",
+    "restart_coords",
 ]
 
 # Elements (pixels x channels x features) of one phase block in gp_noise: 2**22 float64
@@ -70,17 +70,6 @@ def _check_positive(value, name: str) -> float:
     if not value > 0 or math.isnan(value):
         raise ValueError(f"{name}: must be > 0, got {value}")
     return value
-
-
-def _cpu_generator(generator) -> torch.Generator:
-    """A CPU generator from a torch.Generator or an int seed."""
-    if isinstance(generator, torch.Generator):
-        if generator.device.type != "cpu":
-            raise ValueError(f"generator: must be a CPU generator (got {generator.device}); "
-                             "draw on the CPU so results agree across devices")
-        return generator
-    seed = _check_int(generator, "generator", minimum=0)
-    return torch.Generator(device="cpu").manual_seed(seed)
 
 
 # ------------------------------------------------------------------- GP noise (RFF)
@@ -250,28 +239,6 @@ def warp_coords(coords, flow):
     return to_like(out, like)
 
 
-def warped_gp_noise(features: GPFeatures, backward_flows, height: int, width: int):
-    """GP noise for a clip: (T, C, H, W) float32 from T-1 backward flows (T-1, 2, H, W).
-
-    backward_flows[t-1] is f_{t->t-1}. Frame 0 is the GP on the identity grid; frame t is
-    the same GP at coordinates chained through the flows (exact, no noise interpolation).
-    """
-    height = _check_int(height, "height", minimum=1)
-    width = _check_int(width, "width", minimum=1)
-    like = backward_flows
-    flows = as_batch(backward_flows, "backward_flows", channels=2)
-    if flows.shape[-2:] != (height, width):
-        raise ValueError(f"backward_flows: spatial size {tuple(flows.shape[-2:])} does not "
-                         f"match (height, width) = {(height, width)}")
-    coords = pixel_grid(height, width, device=flows.device)
-    frames = [gp_noise(features, coords)]
-    for t in range(flows.shape[0]):
-        coords = warp_coords(coords, flows[t:t + 1])
-        frames.append(gp_noise(features, coords))
-    out = torch.cat(frames)
-    return out.cpu().numpy() if isinstance(like, np.ndarray) else out
-
-
 def neighbour_spacing(coords) -> tuple[float, float]:
     """Median GP-coordinate distance between horizontal and between vertical neighbours,
     coords (2, H, W) (1.0, 1.0 on the identity grid).
@@ -302,71 +269,6 @@ def white_noise(seed: int, shape, dtype: torch.dtype = torch.float32,
         raise ValueError(f"shape: every dimension must be >= 1, got {shape}")
     g = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=dtype).to(device)
-
-
-def warp_white_noise(noise, flow, generator, subdivisions: int = 4):
-    """Warp i.i.d. N(0, 1) noise along a backward flow, keeping every pixel exactly N(0, 1).
-
-    noise: (B, C, H, W) i.i.d. N(0, 1) noise of frame t-1.
-    flow:  (B, 2, H, W) backward flow f_{t->t-1} in pixels.
-    generator: CPU torch.Generator (or int seed) for the fresh randomness.
-    subdivisions: k; each pixel is split into k x k sub-pixels.
-    Returns (B, C, H, W) noise for frame t, same dtype/device as `noise`.
-
-    A discrete version of integral noise warping:
-    (a) Conditional upsampling: source pixel n -> sub-pixels s_i = n/k + (e_i - mean e),
-        e_i i.i.d. N(0, 1). Jointly the s_i are i.i.d. N(0, 1) and sum(s)/k = n exactly,
-        so the sub-pixel field is white noise consistent with the given frame.
-    (b) Each target pixel's k x k sub-pixel centres q are moved to q + f(q) (f bilinear
-        at q) and pick the nearest source sub-pixel; points outside the frame get fresh
-        N(0, 1) sub-pixels (a distinct one per target sub-pixel).
-    (c) target = (sum of the k^2 hits) / sqrt(sum_j m_j^2), m_j the multiplicity of each
-        distinct source sub-pixel hit, so Var = 1 exactly even where the flow compresses
-        or magnifies. Targets that hit disjoint sub-pixel sets are exactly independent
-        (translations, rotations, magnification up to k).
-    A target pixel that hits exactly the k^2 sub-pixels of one source pixel returns that
-    source value itself (no rounding), so integer translations are exact shifts.
-    Accepts numpy noise/flow (returns numpy).
-    """
-    like = noise
-    noise = as_batch(noise, "noise")
-    flow = as_batch(flow, "flow", channels=2).to(device=noise.device)
-    check_same_size(noise=noise, flow=flow)
-    k = _check_int(subdivisions, "subdivisions", minimum=1)
-    gen = _cpu_generator(generator)
-    bsz, c, h, w = noise.shape
-    dev, dtype = noise.device, noise.dtype
-    kh, kw = k * h, k * w
-
-    # (a) conditional upsampling, (B, C, kH, kW). Randomness drawn on the CPU at a fixed
-    # shape, then moved, so the result does not depend on the device or on the flow.
-    e = torch.randn((bsz, c, h, w, k, k), generator=gen, dtype=dtype).to(dev)
-    fresh = torch.randn((bsz, c, kh * kw), generator=gen, dtype=dtype).to(dev)
-    sub = _subpixels(noise, e).reshape(bsz, c, kh * kw)
-
-    # (b) where each target sub-pixel lands, in source sub-pixel indices.
-    ix, iy = _subpixel_landings(flow, k)
-    inside = (ix >= 0) & (ix < kw) & (iy >= 0) & (iy < kh)  # (B, kH, kW)
-    src = (iy.clamp(0, kh - 1) * kw + ix.clamp(0, kw - 1)).long()
-    # Out-of-frame hits are made unique (fresh noise, never shared): ids past the canvas.
-    own = torch.arange(kh * kw, device=dev).view(1, kh, kw)
-    ids = torch.where(inside, src, kh * kw + own)
-
-    hits = torch.gather(sub, 2, src.view(bsz, 1, -1).expand(bsz, c, -1))
-    hits = torch.where(inside.view(bsz, 1, -1), hits, fresh)
-    # (c)
-    out, sq = _normalised_sums(hits, ids, h, w, k)
-
-    # Exact pass-through where a target hits all k^2 sub-pixels of one source pixel
-    # (all in one source pixel and all distinct), instead of n up to rounding.
-    spix = torch.where(inside, (iy // k) * w + (ix // k), -1.0).long()
-    spix = spix.view(bsz, h, k, w, k).permute(0, 1, 3, 2, 4).reshape(bsz, h, w, k * k)
-    whole = (spix[..., :1] >= 0) & (spix == spix[..., :1]).all(-1, keepdim=True)
-    whole = whole.squeeze(-1) & (sq == k * k)
-    first = spix[..., 0].clamp(min=0).view(bsz, 1, -1).expand(bsz, c, -1)
-    same = torch.gather(noise.reshape(bsz, c, -1), 2, first).view(bsz, c, h, w)
-    out = torch.where(whole.unsqueeze(1), same, out)
-    return to_like(out, like)
 
 
 def _subpixels(noise: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -424,10 +326,13 @@ def white_noise_at(seed: int, channels: int, coords, subdivisions: int = 4) -> t
 
     The seed fixes one white-noise plane: i.i.d. N(0, 1) pixels on the whole integer
     lattice (drawn tile by tile, `WHITE_TILE`² pixels from each tile's own seed), upsampled
-    to k×k sub-pixels as in `warp_white_noise` (a). Pixel p of a frame integrates the
-    plane over its footprint: its k×k sub-pixel centres, carried by the displacement
-    coords − grid, pick the sub-pixels they land on, normalised as in `warp_white_noise`
-    (c). So every pixel is exactly N(0, 1), pixels with disjoint footprints are
+    to k×k sub-pixels conditionally (`_subpixels`: pixel n → sub-pixels n/k + e_i − mean e,
+    e_i i.i.d. N(0, 1), jointly i.i.d. N(0, 1) and summing to k·n). Pixel p of a frame
+    integrates the plane over its footprint: its k×k sub-pixel centres, carried by the
+    displacement coords − grid, pick the sub-pixels they land on, and their sum is divided
+    by sqrt(Σ_j m_j²), m_j the multiplicity of each distinct sub-pixel hit
+    (`_normalised_sums`), so Var = 1 exactly even where the coordinates compress or
+    magnify. So every pixel is exactly N(0, 1), pixels with disjoint footprints are
     independent, the noise moves with the content along chained coordinates (the
     Gaussian-preserving warp of Go-with-the-Flow, taken from the shot's reference plane
     rather than frame to frame), and it is a function of (seed, coords) alone: a frame

@@ -62,14 +62,14 @@ CONSISTENCY = ("project", "dps", "none")
 class SamplerConfig:
     mode: str = "warped"
     steps: int = 25
-    guidance: float = 0.1  # λ: fraction of the inconsistency removed per step (measured best of 0.1, 0.3, 1)
+    guidance: float = 0.1  # λ: fraction of the inconsistency removed per step (measured: docs/decisions.md)
     guidance_schedule: str = "constant"  # λ_t over the steps: constant, linear or cosine decay to 0
     # "gradient": through the denoiser (the paper's); "x0": on the prediction itself, no backward pass
     guidance_method: str = "x0"
     consistency: str = "project"
     dps_scale: float = 1.0
     # 1: from pure noise; s < 1: from the baseline noised to timestep s·T (SDEdit). 0.4: the
-    # shipped prior beats harmonic fill from there, and not from pure noise (measured, README).
+    # shipped prior beats harmonic fill from there, and not from pure noise (docs/benchmarks.md#sampler-modes).
     strength: float = 0.4
     batch_size: int = 8  # frames per denoiser call
     length_scale: float = 0.64  # GP ε in u-space pixels (paper: 0.64 px on a 128² latent)
@@ -179,7 +179,7 @@ def self_guidance_energy(x0, prev, nxt, first: int, clip: ClipFlows) -> torch.Te
 
     Warps are bicubic: a bilinear warp low-passes sub-pixel shifts, so matching it to a
     sharp neighbour drives frame j's high frequencies up (measured: SR ×4 under zoom
-    lost 5 dB with bilinear, none with bicubic; README).
+    lost 5 dB with bilinear, none with bicubic; docs/decisions.md).
     """
     b, t_total = x0.shape[0], clip.fwd.shape[0] + 1
     # Made on the device: an index copied from the host waits for the device's queue to drain.

@@ -78,7 +78,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_rerun_resumes(how, tiny_model, t
     left = {pid for pid in ray_processes if alive(pid)}
     assert not left, f"processes left behind: {left}"
 
-    committed = manifest.committed()
+    committed = set(manifest.committed())
     assert committed
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

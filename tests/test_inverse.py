@@ -300,6 +300,21 @@ def test_parse_mask_files(tmp_path):
         parse_mask(f"dir:{tmp_path / 'nowhere'}", (8, 10), 1)
 
 
+@pytest.mark.parametrize("spec", ["rect:1,1,4,4@1,0+circle:6,5,2", "rect:0.1,0.2,0.5,0.6", "dir"])
+def test_a_span_of_a_mask_is_that_span_of_the_whole(spec, tmp_path):
+    if spec == "dir":
+        for t in range(12):
+            img = np.zeros((8, 10), np.uint8)
+            img[t % 8, :] = 255
+            cv2.imwrite(str(tmp_path / f"{t:03d}.png"), img)
+        spec = f"dir:{tmp_path}"
+    whole = parse_mask(spec, (8, 10), 12)
+    torch.testing.assert_close(parse_mask(spec, (8, 10), 12, 5, 9), whole[5:9])
+    torch.testing.assert_close(parse_mask(spec, (8, 10), 12, 11), whole[11:])
+    with pytest.raises(ValueError, match="start, stop"):
+        parse_mask(spec, (8, 10), 12, 9, 13)
+
+
 @pytest.mark.parametrize(
     "spec", ["rect:1,2,3", "blob:1,2,3", "rect:a,b,c,d", "circle:1,2,3@4", "rect:1,2,3,4++", "circle:5,5,-2"]
 )

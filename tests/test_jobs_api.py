@@ -10,7 +10,7 @@ Everything between the submit and the outputs is the real thing, as `ray job sub
   `cluster/runtime_env.yaml` (its env_vars and excludes): the working dir is zipped,
   uploaded to the GCS, unpacked under the session dir, and the entrypoint runs from there;
 - the job driver connecting with `--address auto` (resolved from the RAY_ADDRESS the job
-  supervisor sets), the pipeline's Ray tasks and Ray Data actors on that cluster;
+  supervisor sets), the pipeline's Ray tasks and worker actors on that cluster;
 - the job's exit status as Ray reports it: one corrupt input makes the entrypoint exit 1,
   which Ray records as a FAILED job, while the good videos are still restored and the
   manifest says so.

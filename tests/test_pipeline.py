@@ -258,7 +258,7 @@ def test_interrupted_run_resumes_without_recomputing(archive, tiny_model, tmp_pa
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    first = manifest.committed()
+    first = set(manifest.committed())
     assert first, f"the first run committed nothing before the deadline; it printed:\n{log.read_text()[-3000:]}"
     plan = {u["id"] for u in manifest.read_table("clips").to_pylist()}
     assert first < plan | {r["video_id"] for r in manifest.read_table("videos").to_pylist()}
@@ -269,7 +269,7 @@ def test_interrupted_run_resumes_without_recomputing(archive, tiny_model, tmp_pa
     second = manifest.progress().to_pylist()
     recomputed = {r["id"] for r in second if r["attempt"] == 2} & first
     assert not recomputed
-    assert plan <= manifest.committed()
+    assert plan <= set(manifest.committed())
 
     clean = tmp_path / "clean"
     assert run(str(src), str(clean), config).ok

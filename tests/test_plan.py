@@ -172,3 +172,21 @@ def test_a_unit_with_a_pair_without_flow_restarts_the_chain():
     assert np.isnan(end).all()
     assert rclip.advance(None, end) is None
     assert rclip.advance(None, rclip.end_map(bwd[2:], size)) is not None
+
+
+@pytest.mark.parametrize("video_frames", [20, 400])
+def test_a_units_dir_mask_costs_its_own_frames_whatever_the_video_length(video_frames, tmp_path, monkeypatch):
+    """A unit reads its own mask files only: as many for a 400-frame film as for 20."""
+    import cv2
+
+    from raywarp import inverse
+
+    for t in range(video_frames):
+        cv2.imwrite(str(tmp_path / f"{t:05d}.png"), np.full((8, 10), 255 * (t % 2), np.uint8))
+    read = []
+    real = inverse._read_hole
+    monkeypatch.setattr(inverse, "_read_hole", lambda path, *a: read.append(path) or real(path, *a))
+    config = RunConfig(task="inpaint", mask=f"dir:{tmp_path}")
+    m = rclip.measure(np.zeros((5, 8, 10, 3), np.uint8), config, 10, video_frames, (1, 1))
+    assert [p.rsplit("/", 1)[1] for p in read] == [f"{t:05d}.png" for t in range(10, 15)]
+    assert [float(m.op.known(m.y)[t].mean()) for t in range(5)] == [1.0, 0.0, 1.0, 0.0, 1.0]  # frames 10..14

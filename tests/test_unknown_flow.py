@@ -5,7 +5,8 @@ The fuzz draws, seeded: a photograph and a crop of 8–48 px; motion up to 6 px 
 with rotation and zoom; fades, flashes, uniform and noise frames; SR ×2 and inpainting
 with holes of up to 90 % of the frame; `warped` and `white-warped`. Each clip is planned
 as the pipeline plans it (some cross a seam) and goes through `UnitWorker.flows` and
-`UnitWorker.sample` with a tiny model, one step.
+`UnitWorker.sample` in the pipeline's order (`bench.pipeline.restore_units`) with a tiny
+model, one step.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from raywarp import synthetic
 from raywarp.cli import main as cli_main
-from raywarp.pipeline import clip as rclip
+from raywarp.bench.pipeline import restore_units
 from raywarp.pipeline import plan as rplan
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.encode import encode_video
@@ -85,26 +86,6 @@ def random_config(rng: np.random.Generator, model: str) -> RunConfig:
     return RunConfig(task="inpaint", mask=f"rect:{x0:.4f},{y0:.4f},{x0 + w:.4f},{y0 + h:.4f}", **common)
 
 
-def restore(worker: UnitWorker, vid: str, frames: np.ndarray) -> list[dict]:
-    """Every unit of one clip through the worker, as the pipeline orders them; their rows."""
-    video = {"video_id": vid, "uri": f"fuzz/{vid}", "frames": len(frames)}
-    units = sorted(rplan.plan_video(video, worker.config), key=lambda u: (u["start"], u["phase"]))
-    flowed, coords = {}, None
-    for u in units:
-        info, flows, end = worker.flows(u, frames[u["start"] : u["stop"]])
-        assert not info["error"], info["error"]
-        flowed[u["id"]] = (flows, coords, {"started_at": 0.0, "seconds_decode": 0.0, **info})
-        coords = rclip.advance(coords, end)
-    rows, seams = [], {}
-    for u in sorted(units, key=lambda u: u["phase"]):  # seams first: they anchor the clips
-        flows, first, earlier = flowed[u["id"]]
-        row, seams[u["id"]] = worker.sample(u, frames[u["start"] : u["stop"]], flows, first,
-                                            seams.get(u["start_anchor"]), seams.get(u["end_anchor"]), earlier,
-                                            f"{u['id']}-commit")
-        rows.append(row)
-    return rows
-
-
 def test_random_tiny_clips_are_restored_never_failed(micro_model, tmp_path):
     rng = np.random.default_rng(2026)
     worker = UnitWorker(RunConfig(model=micro_model).to_dict(), str(tmp_path), None, attempt=1)
@@ -113,7 +94,10 @@ def test_random_tiny_clips_are_restored_never_failed(micro_model, tmp_path):
         frames = random_clip(rng)
         config = random_config(rng, micro_model)
         worker.config = config  # this clip's task, mask and mode; what the worker loaded is the model's alone
-        for row in restore(worker, f"clip{i}", frames):
+        video = {"video_id": f"clip{i}", "uri": f"fuzz/clip{i}", "frames": len(frames)}
+        units = rplan.plan_video(video, config)
+        decode = lambda u: (frames[u["start"] : u["stop"]], {"started_at": 0.0, "seconds_decode": 0.0})  # noqa: E731
+        for row in restore_units(worker, units, decode):
             failures += row["status"] != "done"
             assert row["status"] == "done", (i, config, frames.shape, row["error"])
             metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from raywarp import flow as rflow
-from raywarp import inverse, metrics, synthetic
+from raywarp import inverse, synthetic
 from raywarp.bench.sampler import scenes
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video

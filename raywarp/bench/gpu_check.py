@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import gc
 import json
@@ -52,7 +51,6 @@ import torch
 from raywarp import inverse
 from raywarp.bench import gpu
 from raywarp.sampler import SamplerConfig, sample_clip
-from raywarp.tensors import PRECISIONS
 
 STARTED = time.perf_counter()
 PARTS = ("models", "pipeline")

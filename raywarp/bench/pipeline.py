@@ -58,7 +58,7 @@ def restore_units(worker: UnitWorker, units: list[dict], decode) -> list[dict]:
     """One video's units through `worker` in this process, in the pipeline's order: every
     unit's flows (the noise coordinates carried along each shot), then the seams, then the
     clips anchored to them. decode(unit) -> (frames, {'started_at', 'seconds_decode', ...}).
-    Returns the commit rows, seams first."""
+    Returns the commit rows, seams first; a unit whose flows fail raises RuntimeError."""
     units = sorted(units, key=lambda u: (u["start"], u["phase"]))
     inputs, coords = {}, None
     for k, u in enumerate(units):
@@ -66,6 +66,8 @@ def restore_units(worker: UnitWorker, units: list[dict], decode) -> list[dict]:
             coords = None  # a shot starts its own chain
         pixels, timing = decode(u)
         info, flows, end = worker.flows(u, pixels)
+        if info["error"]:
+            raise RuntimeError(info["error"])
         inputs[u["id"]] = (pixels, flows, coords, {**timing, **info})
         coords = rclip.advance(coords, end)
     rows, seams = [], {}

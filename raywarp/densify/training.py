@@ -31,7 +31,7 @@ class TrainConfig:
     steps: tuple[int, ...] = (5, 15, 30, 45)
     seed: int = 0
     # Scene kinds (synthetic.MOTIONS). Adding "perspective" measured worse at 3000
-    # iterations, on the perspective scenes too (README, Flow densification).
+    # iterations, on the perspective scenes too (docs/decisions.md).
     motions: tuple[str, ...] = ("affine",)
     init: str | None = None  # weights to start from (fine-tuning); None: random
 

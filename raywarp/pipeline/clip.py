@@ -17,7 +17,7 @@ Over a long shot the chained coordinates drift: a long zoom compresses (or stret
 them, and the noise of every later frame grows too smooth (or too rough). `advance`
 restarts the chain on the pixel grid where a unit would start with its neighbour spacing
 outside `NOISE_SPACING`; each unit then drifts at most by its own motion, so every frame's
-noise keeps GP statistics near those of a fresh frame (bounds: README).
+noise keeps GP statistics near those of a fresh frame (bounds: docs/pipeline.md#long-shots).
 """
 
 from __future__ import annotations
@@ -59,17 +59,16 @@ def measure(frames: np.ndarray, config: RunConfig, start: int, video_frames: int
     """The measurement of frames [start, start + T) of a video of `video_frames` frames.
 
     geometry: the model's (scale_factor, multiple) (`raywarp.models.geometry`).
-    SR: the frames are the low-resolution input. Inpainting: the hole mask is built at the
-    frame size for the whole video (moving shapes and per-frame mask files depend on the
-    frame number) and cut to this span; the pixels in the hole are ignored.
+    SR: the frames are the low-resolution input. Inpainting: the hole mask of this span
+    at the frame size (moving shapes and per-frame mask files depend on the frame
+    number); the pixels in the hole are ignored.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"frames: expected (T, H, W, 3) uint8 with T >= 1, got {frames.shape}")
     x = frames_to_tensor(frames)
     mask = None
     if config.task == "inpaint":
-        full = inverse.parse_mask(config.mask, x.shape[-2:], video_frames)
-        mask = full[start : start + x.shape[0]].contiguous()
+        mask = inverse.parse_mask(config.mask, x.shape[-2:], video_frames, start, start + x.shape[0]).contiguous()
     op = inverse.make_operator(config.task, scale=config.scale, kernel=config.kernel, mask=mask)
     y = op.forward(x) if config.task == "inpaint" else x
     s, multiple = geometry

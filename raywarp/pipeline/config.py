@@ -86,10 +86,6 @@ class RunConfig:
                 f"{self.gpus_per_actor}, {self.min_actors}, {self.max_actors}"
             )
 
-    @property
-    def output_scale(self) -> int:
-        return self.scale if self.task == "sr" else 1
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

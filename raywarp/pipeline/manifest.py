@@ -356,9 +356,9 @@ class Manifest:
         rows = table.filter(keep).drop_columns(["_order"]).to_pylist()
         return {r["id"]: r for r in rows}
 
-    def committed(self) -> set[str]:
-        """Ids whose latest row is 'done'."""
-        return {i for i, row in self.latest().items() if row["status"] == "done"}
+    def committed(self) -> dict[str, dict]:
+        """The latest row of every id whose latest row is 'done', by id."""
+        return {i: row for i, row in self.latest().items() if row["status"] == "done"}
 
     # -- payload arrays -------------------------------------------------------------
 
@@ -385,12 +385,6 @@ class Manifest:
         if expected is not None and checksum(data) != expected:
             raise PayloadError(f"payload {key}: its {len(data)} bytes do not match the checksum its commit recorded")
         return _payload_arrays(data)
-
-    def has_arrays(self, key: str) -> bool:
-        """Whether a payload exists at ``key`` (it counts only once a 'done' row commits it)."""
-        path = self._path(_payload_rel(key))
-        self.fs.invalidate_cache(path)
-        return self.fs.exists(path)
 
     def payload_bytes(self) -> int:
         """Total size of all payload files (what a run keeps besides its videos)."""

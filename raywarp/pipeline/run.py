@@ -766,7 +766,7 @@ def _run(pool: _Pool, lease: Lease, listing: Listing, dst, config, storage_optio
         summary.videos_failed[uri] = error
 
     manifest.compact()  # a bounded log for this run's reads
-    done = {i: row for i, row in manifest.latest().items() if row["status"] == "done"}
+    done = manifest.committed()
     for v, problem in _outputs_lost(videos, done, storage_options):  # written before, gone or changed since
         row = _failed_video_row(v["video_id"], v["uri"], f"{problem}; encoding it again", attempt)
         manifest.append_progress([row])
