@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -241,6 +242,49 @@ def check_clip(observations, flows_fwd, flows_bwd):
     return y, fwd, bwd
 
 
+@dataclass
+class Batch:
+    """Frames [a, b) of a clip as one denoiser call: their operator (per-frame masks follow
+    their frames) and conditioning; `lookahead`, the same for frame b alone (the successor
+    self-guidance needs), where the clip goes on after b."""
+
+    a: int
+    b: int
+    op: object
+    cond: object
+    lookahead: tuple | None = None
+
+
+@dataclass
+class Clip:
+    """A clip made ready to sample by `prepare`: what the steps read, built once, and the
+    state they advance.
+
+    y (T, …) the measurement on the device (propagated along the flow where the mode
+    follows it); info: what the network is conditioned on; batches; flows: self-guidance's
+    flows and masks (None for one frame); timesteps and lambdas (λ per step); anchors:
+    {frame: x̂0} of the known frames; known: {frame: image} of the same; u (T, C, h, w):
+    the sampler's state; x0: the last step's predictions.
+    """
+
+    operator: object
+    y: torch.Tensor
+    info: dict
+    batches: list[Batch]
+    flows: ClipFlows | None
+    timesteps: torch.Tensor
+    lambdas: list[float]
+    anchors: dict
+    known: dict
+    u: torch.Tensor
+    x0: torch.Tensor | None = None
+
+
+# reestimate(images (T, 3, H, W) in [0, 1], observed (T, 1, H, W), size=(h, w), detail=d) -> (fwd, bwd);
+# `raywarp.flow.restoration_flows` with the run's methods.
+Reestimate = Callable[..., tuple]
+
+
 def sample_clip(
     denoiser,
     operator,
@@ -254,8 +298,10 @@ def sample_clip(
     start_anchor: torch.Tensor | None = None,
     end_anchor: torch.Tensor | None = None,
     device="cpu",
+    callback: Callable[[dict], None] | None = None,
+    reestimate: Reestimate = rflow.restoration_flows,
 ) -> ClipResult:
-    """Restore a clip.
+    """Restore a clip: `prepare`, one `step` per timestep, `finish`.
 
     observations: (T, …) measurements y of the T frames (LR frames for SR, masked frames
     for inpainting), as `operator` defines them. flows_fwd / flows_bwd: (T−1, 2, h, w)
@@ -264,7 +310,28 @@ def sample_clip(
     frame numbers (default 0..T−1). noise_coords: (T, 2, h, w) GP coordinates in the
     video's chain (default: chained from the identity at frame 0). start_anchor /
     end_anchor: (3, H, W) known images of frames 0 / T−1 (restored by a neighbouring unit).
+    callback: called after every step with {"i", "t", "u", "x0"} (a trajectory).
+    reestimate: how self-guidance's flows are estimated again on the prediction
+    (`config.reestimate_flow_at`), called as reestimate(images, observed, size=, detail=).
     """
+    clip = prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed, config, frame_index, noise_coords,
+                   start_anchor, end_anchor, device)
+    redo_at = math.ceil(config.reestimate_flow_at * len(clip.timesteps)) - 1 if config.reestimate_flow_at else -1
+    with unchecked():  # inputs were checked in prepare; every value below is the loop's own
+        for i in range(len(clip.timesteps)):
+            step(denoiser, clip, i, config)
+            if callback is not None:
+                callback({"i": i, "t": int(clip.timesteps[i]), "u": clip.u, "x0": clip.x0})
+            if i == redo_at and clip.flows is not None and any(clip.lambdas[i + 1 :]):
+                clip.flows = reestimated_flows(denoiser, clip, reestimate, device)
+    return finish(denoiser, clip)
+
+
+def prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed: int, config: SamplerConfig,
+            frame_index=None, noise_coords=None, start_anchor=None, end_anchor=None, device="cpu") -> Clip:
+    """Check the inputs and build everything the steps read: the measurement (propagated
+    where the mode follows the flow), conditioning per batch, self-guidance's flows, the
+    anchors' x̂0 and the initial state u (noise, or the noised baseline at strength < 1)."""
     y, fwd, bwd = check_clip(observations, flows_fwd, flows_bwd)
     t = y.shape[0]
     height, width = operator.output_size(y)
@@ -295,108 +362,116 @@ def sample_clip(
     baseline = operator.baseline(y)
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,
             "mask": operator.known(y)}
-    clip = ClipFlows(fwd, bwd, device) if t > 1 else None
     spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]
     coords = noise_coords.to(device) if noise_coords is not None else None  # warped noise is evaluated on the device
     u = initial_noise(config, (t, c, h, w), seed, frame_index, coords).to(device)
-    abar = denoiser.alphas_cumprod
     if config.strength < 1:  # refine the classical restoration instead of starting from noise
-        a0 = float(abar[timesteps[0]])
+        a0 = float(denoiser.alphas_cumprod[timesteps[0]])
         start = torch.cat([denoiser.encode(baseline[a:b]) for a, b in spans])
         u = math.sqrt(a0) * start + math.sqrt(1 - a0) * u
-    lambdas = guidance_weights(config) if config.mode in GUIDED and t > 1 else [0.0] * config.steps
-    lambdas = lambdas[: len(timesteps)]
-    project_each_step = config.consistency == "project" and denoiser.space == "pixel"
-    reestimate_step = math.ceil(config.reestimate_flow_at * len(timesteps)) - 1 if config.reestimate_flow_at else -1
-    dps = config.consistency == "dps"
-    through_network = config.guidance_method == "gradient"
+    lambdas = (guidance_weights(config) if config.mode in GUIDED and t > 1 else [0.0] * config.steps)[: len(timesteps)]
 
-    def frame_setup(a, b):
-        """The operator (per-frame masks follow their frames) and conditioning of frames [a, b)."""
+    def setup(a, b):
         sliced = {k: (v[a:b] if torch.is_tensor(v) else v) for k, v in info.items()}
         return operator.select(a, b), denoiser.condition(y[a:b], sliced)
 
-    setups = [frame_setup(a, b) for a, b in spans]
-    # The frame after each batch but the last: its successor neighbour, predicted alone.
-    lookaheads = [frame_setup(b, b + 1) for _, b in spans[:-1]] if any(lambdas) else []
+    guided = any(lambdas)
+    batches = [Batch(a, b, *setup(a, b), lookahead=setup(b, b + 1) if guided and b < t else None) for a, b in spans]
+    return Clip(operator, y, info, batches, ClipFlows(fwd, bwd, device) if t > 1 else None, timesteps, lambdas,
+                anchors, known, u)
 
-    def known_frames(x0, a):
-        """x0 of frames [a, a + B) with each anchored frame's prediction replaced by its anchor."""
-        for j, image in anchors.items():
-            if a <= j < a + x0.shape[0]:
-                x0 = torch.cat([x0[: j - a], image.to(x0), x0[j - a + 1 :]])
-        return x0
 
-    def predict(u_b, ti, a, setup):
-        op, cond = setup
-        x0 = denoiser.predict_x0(u_b, ti, cond)
-        if denoiser.space == "pixel":  # DDIM's clip_sample: images live in [-1, 1]
-            x0 = x0.clamp(-1, 1)
-        if project_each_step:
-            x0 = denoiser.encode(op.project(denoiser.decode(x0), y[a : a + u_b.shape[0]]))
-        return known_frames(x0, a)
+def with_anchors(x0: torch.Tensor, a: int, anchors: dict) -> torch.Tensor:
+    """x̂0 of frames [a, a + B) with each anchored frame's prediction replaced by its anchor
+    (the hook through which a clip is held to the seams a neighbouring unit restored)."""
+    for j, image in anchors.items():
+        if a <= j < a + x0.shape[0]:
+            x0 = torch.cat([x0[: j - a], image.to(x0), x0[j - a + 1 :]])
+    return x0
 
-    with unchecked():  # inputs were checked above; every value below is the loop's own
-        for step, ti in enumerate(timesteps.tolist()):
-            a_t = float(abar[ti])
-            a_prev = float(abar[timesteps[step + 1]]) if step + 1 < len(timesteps) else 1.0
-            lam = lambdas[step]
-            grad_u = (lam > 0 and through_network) or dps
-            new_u, x0_step = torch.empty_like(u), torch.empty_like(u)
-            predicted = None  # the previous batch's predictions at this step
-            for k, (a, b) in enumerate(spans):
-                u_b = u[a:b].detach().requires_grad_(grad_u)
-                with torch.set_grad_enabled(grad_u):
-                    x0 = predict(u_b, ti, a, setups[k])
-                    step_u = torch.zeros_like(u_b)
-                    if lam > 0:
-                        # Neighbours from this batch's own pass (held fixed), the previous
-                        # batch's, and one lookahead frame: every frame is predicted once.
-                        held = x0.detach()
-                        prev = torch.cat([predicted[-1:] if a > 0 else held[:1], held[:-1]])
-                        if b < t:
-                            with torch.no_grad():
-                                after = predict(u[b : b + 1], ti, b, lookaheads[k])
-                        else:
-                            after = held[-1:]  # the clip's last frame has no successor (weight 0)
-                        nxt = torch.cat([held[1:], after])
-                        if through_network:
-                            e = self_guidance_energy(x0, prev, nxt, a, clip)
-                            if e.requires_grad:  # not when every frame of the batch is anchored
-                                step_u = step_u + lam * gauss_newton_step(e, u_b, retain=dps)
-                        predicted = held
-                    if dps:
-                        resid = setups[k][0].forward(denoiser.decode(x0)) - y[a:b]
-                        step_u = step_u + config.dps_scale * torch.autograd.grad(resid.square().sum().sqrt(), u_b)[0]
-                x0 = x0.detach()
-                eps = (u_b.detach() - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
-                if lam > 0 and not through_network:  # move the prediction itself, no backward pass
-                    x0 = x0 - lam * x0_guidance_step(x0, prev, nxt, a, clip)
-                    if project_each_step:
-                        x0 = denoiser.encode(setups[k][0].project(denoiser.decode(x0), y[a:b]))
-                    x0 = known_frames(x0, a)
-                new_u[a:b] = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps - step_u
-                x0_step[a:b] = x0
-            u = new_u
-            if step == reestimate_step and clip is not None and any(lambdas[step + 1 :]):
-                clip = reestimated_flows(denoiser, x0_step, spans, info["mask"], (h, w), device, info["scale"])
 
+def _predict(denoiser, clip: Clip, u_b: torch.Tensor, t: int, a: int, op, cond, project: bool) -> torch.Tensor:
+    """x̂0 of frames [a, a + B): the network's, clipped to images (pixel models), projected
+    onto the measurement (`project`), anchored."""
+    x0 = denoiser.predict_x0(u_b, t, cond)
+    if denoiser.space == "pixel":  # DDIM's clip_sample: images live in [-1, 1]
+        x0 = x0.clamp(-1, 1)
+    if project:
+        x0 = denoiser.encode(op.project(denoiser.decode(x0), clip.y[a : a + u_b.shape[0]]))
+    return with_anchors(x0, a, clip.anchors)
+
+
+def step(denoiser, clip: Clip, i: int, config: SamplerConfig) -> None:
+    """DDIM step i (η = 0) over every batch (Algorithm 1 of Warped Diffusion, both
+    neighbours): predict x̂0; move against self-guidance's energy (through the network, or
+    on x̂0 itself) and the measurement residual (DPS); step u to the next timestep."""
+    abar, timesteps = denoiser.alphas_cumprod, clip.timesteps
+    t = int(timesteps[i])
+    a_t = float(abar[t])
+    a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+    lam = clip.lambdas[i]
+    project = config.consistency == "project" and denoiser.space == "pixel"
+    dps = config.consistency == "dps"
+    through_network = config.guidance_method == "gradient"
+    grad_u = (lam > 0 and through_network) or dps
+    new_u, x0_step = torch.empty_like(clip.u), torch.empty_like(clip.u)
+    predicted = None  # the previous batch's predictions at this step
+    for batch in clip.batches:
+        a, b = batch.a, batch.b
+        u_b = clip.u[a:b].detach().requires_grad_(grad_u)
+        with torch.set_grad_enabled(grad_u):
+            x0 = _predict(denoiser, clip, u_b, t, a, batch.op, batch.cond, project)
+            step_u = torch.zeros_like(u_b)
+            if lam > 0:
+                # Neighbours from this batch's own pass (held fixed), the previous
+                # batch's, and one lookahead frame: every frame is predicted once.
+                held = x0.detach()
+                prev = torch.cat([predicted[-1:] if a > 0 else held[:1], held[:-1]])
+                if batch.lookahead is not None:
+                    with torch.no_grad():
+                        after = _predict(denoiser, clip, clip.u[b : b + 1], t, b, *batch.lookahead, project)
+                else:
+                    after = held[-1:]  # the clip's last frame has no successor (weight 0)
+                nxt = torch.cat([held[1:], after])
+                if through_network:
+                    e = self_guidance_energy(x0, prev, nxt, a, clip.flows)
+                    if e.requires_grad:  # not when every frame of the batch is anchored
+                        step_u = step_u + lam * gauss_newton_step(e, u_b, retain=dps)
+                predicted = held
+            if dps:
+                resid = batch.op.forward(denoiser.decode(x0)) - clip.y[a:b]
+                step_u = step_u + config.dps_scale * torch.autograd.grad(resid.square().sum().sqrt(), u_b)[0]
+        x0 = x0.detach()
+        eps = (u_b.detach() - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+        if lam > 0 and not through_network:  # move the prediction itself, no backward pass
+            x0 = x0 - lam * x0_guidance_step(x0, prev, nxt, a, clip.flows)
+            if project:
+                x0 = denoiser.encode(batch.op.project(denoiser.decode(x0), clip.y[a:b]))
+            x0 = with_anchors(x0, a, clip.anchors)
+        new_u[a:b] = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps - step_u
+        x0_step[a:b] = x0
+    clip.u, clip.x0 = new_u, x0_step
+
+
+def finish(denoiser, clip: Clip) -> ClipResult:
+    """The last predictions decoded, made consistent with the measurement; known frames as given."""
     with torch.no_grad():
-        images = torch.cat([denoiser.decode(x0_step[a:b]) for a, b in spans])
-        images = consistent_images(operator, images, y)
-    for j, a in known.items():  # known frames are output as given
+        images = torch.cat([denoiser.decode(clip.x0[batch.a : batch.b]) for batch in clip.batches])
+        images = consistent_images(clip.operator, images, clip.y)
+    for j, a in clip.known.items():  # known frames are output as given
         images[j] = a.to(images)
     return ClipResult(images.cpu())
 
 
-def reestimated_flows(denoiser, x0: torch.Tensor, spans, observed: torch.Tensor, grid, device, detail: float) -> ClipFlows:
-    """Self-guidance's flows estimated again on the prediction x̂0 (T, C, h, w), decoded:
-    sharper frames than the baseline, so motion is found more exactly; `observed`
-    (T, 1, H, W) marks the measured pixels (motion in a hole is densified, not trusted);
-    `detail`: pixels of the output per pixel of measured detail (see `raywarp.flow.estimate`)."""
+def reestimated_flows(denoiser, clip: Clip, reestimate: Reestimate, device) -> ClipFlows:
+    """Self-guidance's flows estimated again (`reestimate`) on the prediction x̂0, decoded:
+    sharper frames than the baseline, so motion is found more exactly; the measured pixels
+    mark where motion can be trusted (in a hole it is densified); the detail is the
+    measurement's (see `raywarp.flow.estimate`)."""
     with torch.no_grad():
-        images = torch.cat([denoiser.decode(x0[a:b]) for a, b in spans]).clamp(0, 1)
-    fwd, bwd = rflow.restoration_flows(images.cpu(), observed.cpu(), grid, detail=detail)
+        images = torch.cat([denoiser.decode(clip.x0[batch.a : batch.b]) for batch in clip.batches]).clamp(0, 1)
+    fwd, bwd = reestimate(images.cpu(), clip.info["mask"].cpu(), size=tuple(clip.u.shape[-2:]),
+                          detail=clip.info["scale"])
     return ClipFlows(fwd, bwd, device)
 
 

@@ -313,3 +313,21 @@ def test_a_pair_partly_without_flow_is_refused(denoiser):
     op = inverse.SuperResolution(4, "bicubic")
     with pytest.raises(ValueError, match="flows_fwd: NaN in part of a pair"):
         sample_clip(denoiser, op, op.forward(video), fwd, bwd, seed=0, config=SamplerConfig(steps=1))
+
+
+def test_the_callback_sees_every_step_and_reestimation_uses_the_given_estimator(denoiser):
+    video, fwd, bwd = video_and_flows(frames=3)
+    op = inverse.SuperResolution(4, "bicubic")
+    seen, asked = [], []
+
+    def reestimate(images, observed, size, detail):
+        asked.append((tuple(images.shape), tuple(observed.shape), size, detail))
+        return fwd, bwd
+
+    cfg = SamplerConfig(mode="warped", steps=4, reestimate_flow_at=0.5)
+    out = sample_clip(denoiser, op, op.forward(video), fwd, bwd, seed=0, config=cfg,
+                      callback=lambda d: seen.append((d["i"], d["t"], tuple(d["x0"].shape))), reestimate=reestimate)
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3] and all(shape == (3, 3, 32, 32) for *_, shape in seen)
+    assert [t for _, t, _ in seen] == sorted((t for _, t, _ in seen), reverse=True)
+    assert asked == [((3, 3, 32, 32), (3, 1, 32, 32), (32, 32), 4)]  # once, halfway, at the SR detail
+    assert out.frames.shape == video.shape

@@ -22,6 +22,7 @@ noise keeps GP statistics near those of a fresh frame (bounds: docs/pipeline.md#
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +156,8 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
         denoiser, m.padded_op, m.padded_y, fwd, bwd, seed=seed, config=config.sampler,
         frame_index=torch.arange(start, start + m.y.shape[0]), noise_coords=coords,
         start_anchor=anchor(start_anchor), end_anchor=anchor(end_anchor), device=device,
+        reestimate=functools.partial(rflow.restoration_flows, method=config.flow_method,
+                                     densify_method=config.densify_method),
     )
     images = m.op.project(inverse.crop(result.frames, m.size), m.y).clamp(0, 1)
     return tensor_to_frames(images)
