@@ -300,6 +300,7 @@ def sample_clip(
     device="cpu",
     callback: Callable[[dict], None] | None = None,
     reestimate: Reestimate = rflow.restoration_flows,
+    baseline: torch.Tensor | None = None,
 ) -> ClipResult:
     """Restore a clip: `prepare`, one `step` per timestep, `finish`.
 
@@ -313,9 +314,10 @@ def sample_clip(
     callback: called after every step with {"i", "t", "u", "x0"} (a trajectory).
     reestimate: how self-guidance's flows are estimated again on the prediction
     (`config.reestimate_flow_at`), called as reestimate(images, observed, size=, detail=).
+    baseline: `operator.baseline(observations)` if the caller has it already.
     """
     clip = prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed, config, frame_index, noise_coords,
-                   start_anchor, end_anchor, device)
+                   start_anchor, end_anchor, device, baseline)
     redo_at = math.ceil(config.reestimate_flow_at * len(clip.timesteps)) - 1 if config.reestimate_flow_at else -1
     with unchecked():  # inputs were checked in prepare; every value below is the loop's own
         for i in range(len(clip.timesteps)):
@@ -328,10 +330,13 @@ def sample_clip(
 
 
 def prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed: int, config: SamplerConfig,
-            frame_index=None, noise_coords=None, start_anchor=None, end_anchor=None, device="cpu") -> Clip:
+            frame_index=None, noise_coords=None, start_anchor=None, end_anchor=None, device="cpu",
+            baseline=None) -> Clip:
     """Check the inputs and build everything the steps read: the measurement (propagated
     where the mode follows the flow), conditioning per batch, self-guidance's flows, the
-    anchors' x̂0 and the initial state u (noise, or the noised baseline at strength < 1)."""
+    anchors' x̂0 and the initial state u (noise, or the noised baseline at strength < 1).
+    baseline: the measurement's classical restoration, if the caller has it (propagation,
+    which changes the measurement, makes its own)."""
     y, fwd, bwd = check_clip(observations, flows_fwd, flows_bwd)
     t = y.shape[0]
     height, width = operator.output_size(y)
@@ -357,9 +362,11 @@ def prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed: int, c
 
     if config.propagate and config.mode in NOISE_OF_MODE and t > 1:  # what another frame saw is copied, not generated
         size = (height, width)
-        operator, y = operator.propagated(y, rflow.resize_flow(fwd, size), rflow.resize_flow(bwd, size), anchors=known)
+        propagated, y = operator.propagated(y, rflow.resize_flow(fwd, size), rflow.resize_flow(bwd, size), anchors=known)
+        baseline = None if propagated is not operator else baseline
+        operator = propagated
     y = y.to(device)
-    baseline = operator.baseline(y)
+    baseline = operator.baseline(y) if baseline is None else baseline.to(device)
     info = {"task": operator.name, "scale": getattr(operator, "scale", 1), "y": y, "baseline": baseline,
             "mask": operator.known(y)}
     spans = [(i, min(i + config.batch_size, t)) for i in range(0, t, config.batch_size)]

@@ -46,6 +46,8 @@ class Measurement:
     op, y: the operator and measurements (T, 3, h, w) of the frames; size: their output
     size. padded_op, padded_y: the same padded so the output is a multiple of the model's
     multiple; grid: the model's u-space size (h, w) at that padded output size.
+    `baseline()`: the classical restoration of padded_y, computed once (the flows estimate
+    on it, the sampler conditions on it).
     """
 
     op: object
@@ -54,6 +56,12 @@ class Measurement:
     padded_op: object
     padded_y: torch.Tensor
     grid: tuple[int, int]
+    _baseline: torch.Tensor | None = None
+
+    def baseline(self) -> torch.Tensor:
+        if self._baseline is None:
+            self._baseline = self.padded_op.baseline(self.padded_y)
+        return self._baseline
 
 
 def measure(frames: np.ndarray, config: RunConfig, start: int, video_frames: int, geometry: tuple[int, int]) -> Measurement:
@@ -101,7 +109,7 @@ def flows(m: Measurement, config: RunConfig, device="cpu") -> tuple[torch.Tensor
     if config.flow_from == "input" and config.task == "sr":
         guide, observed, detail = y, torch.ones(y.shape[0], 1, *y.shape[-2:]), 1.0
     else:  # an area-averaged mask is 1 only where every pixel it covers was observed
-        guide = _resized(op.baseline(y), m.grid)
+        guide = _resized(m.baseline(), m.grid)
         observed = (_resized(op.known(y), m.grid) > 1 - 1e-6).float()
         # an SR baseline holds detail only at the input's sampling, on the grid that many pixels
         detail = max(getattr(op, "scale", 1) * m.grid[0] / op.output_size(y)[0], 1.0)
@@ -109,14 +117,15 @@ def flows(m: Measurement, config: RunConfig, device="cpu") -> tuple[torch.Tensor
                                    config.densify_method, detail)
 
 
-def end_map(bwd: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+def end_map(bwd: torch.Tensor, grid: tuple[int, int], chain: torch.Tensor | None = None) -> np.ndarray:
     """(2, h, w) float32: the position in the unit's first frame of each pixel of its last,
     as a displacement from the pixel grid (smooth, so it compresses); NaN where a pair of
-    the unit has no flow (`raywarp.flow.linked`): its last frame has no position in its first."""
+    the unit has no flow (`raywarp.flow.linked`): its last frame has no position in its first.
+    chain: the unit's coordinates chained from the pixel grid (`chain_coords(bwd)`), if made."""
     if not bool(rflow.linked(bwd).all()):
         return np.full((2, *grid), np.nan, np.float32)
-    coords = chain_coords(bwd.double(), *grid)[-1]
-    return (coords - rnoise.pixel_grid(*grid)[0]).float().numpy()
+    last = (chain if chain is not None else chain_coords(bwd.double(), *grid))[-1]
+    return (last - rnoise.pixel_grid(*grid)[0]).float().numpy()
 
 
 def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray | None:
@@ -134,20 +143,25 @@ def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray | None:
 
 def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, config: RunConfig, seed: int, start: int,
             first_coords: np.ndarray | None = None, start_anchor: np.ndarray | None = None,
-            end_anchor: np.ndarray | None = None, device="cpu") -> np.ndarray:
+            end_anchor: np.ndarray | None = None, device="cpu", chain: torch.Tensor | None = None) -> np.ndarray:
     """Sample the unit's frames; returns them as (T, H, W, 3) uint8 at output size.
 
     fwd, bwd: `flows(m, config)`. seed: the shot's (`plan.shot_seed`); start: the first
     frame's index in its shot. first_coords: `advance`'s coordinates of the first frame
     (None: the identity grid). start_anchor / end_anchor: (H, W, 3) uint8 frames restored
-    by the neighbouring seams, known frames for the first / last frame. The result is
-    cropped from the padded size and made consistent with the unpadded measurement.
+    by the neighbouring seams, known frames for the first / last frame. chain: the unit's
+    coordinates chained from the pixel grid (`chain_coords(bwd, first_index=start)`), if
+    made already: the noise's coordinates when the first frame's are the grid. The result
+    is cropped from the padded size and made consistent with the unpadded measurement.
     """
     s = denoiser.scale_factor
     coords = None
     if config.sampler.mode in NOISE_OF_MODE:
-        first = torch.tensor(first_coords)[None] if first_coords is not None else None
-        coords = chain_coords(bwd.double(), *m.grid, start=first, first_index=start)
+        if first_coords is None and chain is not None:
+            coords = chain
+        else:
+            first = torch.tensor(first_coords)[None] if first_coords is not None else None
+            coords = chain_coords(bwd.double(), *m.grid, start=first, first_index=start)
 
     def anchor(frame):  # padded as the output is
         return None if frame is None else inverse.pad_to_multiple(frames_to_tensor(frame[None]), s * denoiser.multiple)[0][0]
@@ -155,7 +169,7 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     result = sample_clip(
         denoiser, m.padded_op, m.padded_y, fwd, bwd, seed=seed, config=config.sampler,
         frame_index=torch.arange(start, start + m.y.shape[0]), noise_coords=coords,
-        start_anchor=anchor(start_anchor), end_anchor=anchor(end_anchor), device=device,
+        start_anchor=anchor(start_anchor), end_anchor=anchor(end_anchor), device=device, baseline=m.baseline(),
         reestimate=functools.partial(rflow.restoration_flows, method=config.flow_method,
                                      densify_method=config.densify_method),
     )

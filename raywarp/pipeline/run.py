@@ -196,6 +196,7 @@ class _Unit:
     coords: ray.ObjectRef | None = None  # its first frame's GP coordinates (None: identity)
     has_coords: bool = False
     frames: ray.ObjectRef | None = None  # a seam's frames, anchors of its clips
+    flowed_on: object = None  # the actor that made its flows (and keeps what they prepared)
 
 
 class _Pool:
@@ -437,8 +438,10 @@ class _Stream:
         for u in flow_ready + sample_ready:
             if not self.pool.idle:
                 return
-            actor = self.pool.idle.pop(0)
+            # A unit samples where its flows were made if that actor is free: it kept what they prepared.
+            actor = self.pool.idle.pop(self.pool.idle.index(u.flowed_on) if u.flowed_on in self.pool.idle else 0)
             if u.state == "decoded":
+                u.flowed_on = actor
                 info, u.flows, u.end_map = actor.flows.remote(u.row, u.pixels)
                 u.state = "flowing"
                 self._wait(info, "flowed", u, actor)
@@ -475,8 +478,12 @@ class _Stream:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:  # a worker process died, an actor was lost
             result = {"error": error_text(what, exc), "status": "failed", "crashed": True}
-            if isinstance(exc, ray.exceptions.RayActorError):  # gone for good: out of the pool
-                pool.actors.remove(subject if what == "actor" else actor)
+            if isinstance(exc, ray.exceptions.RayActorError):  # gone, or restarting: out of the pool
+                gone = subject if what == "actor" else actor
+                pool.actors.remove(gone)
+                # Killed, not only dropped: an actor Ray is restarting would otherwise come back
+                # holding its CPUs and GPUs beside its replacement while a unit still names it.
+                ray.kill(gone)
                 actor = None
                 if what == "actor":
                     pool.failed_starts += 1

@@ -29,6 +29,8 @@ import os
 import socket
 import time
 import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
@@ -44,6 +46,7 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video as encode_frames
 from raywarp.pipeline.manifest import Manifest, PayloadError
+from raywarp.sampler import chain_coords
 from raywarp.tensors import frames_to_tensor
 
 EMPTY = np.zeros((0, 1, 1, 3), np.uint8)
@@ -108,13 +111,26 @@ def replay_coords(dst: str, storage_options: dict | None, end_maps: list[tuple[s
     return coords
 
 
+@dataclass
+class Prepared:
+    """What `flows` made of a unit that `sample` uses again: its measurement (with its
+    baseline) and its coordinates chained from the pixel grid."""
+
+    measurement: rclip.Measurement
+    chain: torch.Tensor
+
+
 class UnitWorker:
     """A unit's model stages on this actor's device; heavy state built once.
 
-    `flows` stores the unit's end map and returns its flows (float16, on the model's
-    grid) for `sample`, which restores the unit, stores its frames and commits it.
+    `flows` stores the unit's end map and returns its flows (float32, on the model's
+    grid) for `sample`, which restores the unit, stores its frames and commits it. What
+    `flows` prepared stays here for `sample` (the driver sends a unit's sample to the
+    actor that made its flows when that one is free; elsewhere it is made again).
     Used as a Ray actor by the pipeline and as a plain object by the benchmark's loop.
     """
+
+    KEPT = 64  # units prepared and not yet sampled that an actor keeps (the driver's window is smaller)
 
     def __init__(self, config: dict, dst: str, storage_options: dict | None, attempt: int):
         # Imported here: diffusers takes seconds to import, and only the actors need it,
@@ -135,6 +151,7 @@ class UnitWorker:
             shipped_model(self.device)  # loaded once per actor, on its device
         self.manifest = Manifest(dst, storage_options)
         self.attempt = attempt
+        self.prepared: OrderedDict[str, Prepared] = OrderedDict()
 
     def ready(self) -> str:
         return f"{socket.gethostname()}:{self.device}"
@@ -145,17 +162,21 @@ class UnitWorker:
     @ray.method(num_returns=3)
     def flows(self, unit: dict, pixels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
         """({'seconds_flow', 'end_map_checksum', 'fallback_pairs', 'error'}, flows (2, T−1,
-        2, h, w) float16 fwd/bwd, end map (2, h, w)). fallback_pairs: the video frames t
+        2, h, w) float32 fwd/bwd, end map (2, h, w)). fallback_pairs: the video frames t
         whose pair (t, t+1) has no flow (`raywarp.flow.linked`), restored uncoupled."""
         t0 = time.perf_counter()
         try:
             m = self._measure(unit, pixels)
             with torch.no_grad():
-                fwd, bwd = rclip.flows(m, self.config, self.device)
+                fwd, bwd = (f.cpu() for f in rclip.flows(m, self.config, self.device))
             unlinked = (~(rflow.linked(fwd) & rflow.linked(bwd))).nonzero().flatten().tolist()
-            flows = torch.stack((fwd, bwd)).half().cpu().numpy()
-            end = rclip.end_map(torch.from_numpy(flows[1]).float(), m.grid)
+            chain = chain_coords(bwd.double(), *m.grid, first_index=int(unit["start"]) - int(unit["shot_start"]))
+            end = rclip.end_map(bwd, m.grid, chain)
             _, end_map_checksum = self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
+            self.prepared[unit["id"]] = Prepared(m, chain)
+            while len(self.prepared) > self.KEPT:
+                self.prepared.popitem(last=False)
+            flows = torch.stack((fwd, bwd)).numpy()
             return {"seconds_flow": time.perf_counter() - t0, "end_map_checksum": end_map_checksum, "error": "",
                     "fallback_pairs": [int(unit["start"]) + i for i in unlinked]}, flows, end
         except Exception as exc:  # noqa: BLE001
@@ -176,13 +197,15 @@ class UnitWorker:
         t0 = t_sampled = time.perf_counter()
         error, output, metrics, frames, checksums = "", "", {}, EMPTY, {}
         try:
-            m = self._measure(unit, pixels)
+            prepared = self.prepared.pop(unit["id"], None)
+            m = prepared.measurement if prepared is not None else self._measure(unit, pixels)
             start = int(unit["start"])
-            fwd, bwd = torch.tensor(flows, dtype=torch.float32)  # a copy: the object store's is read-only
+            fwd, bwd = torch.tensor(flows)  # a copy: the object store's is read-only
             restored = rclip.restore(
                 self.denoiser, m, fwd, bwd, self.config, int(unit["seed"]), start - int(unit["shot_start"]),
                 first_coords, start_anchor[-1] if start_anchor is not None else None,
                 end_anchor[0] if end_anchor is not None else None, device=self.device,
+                chain=prepared.chain if prepared is not None else None,
             )
             t_sampled = time.perf_counter()
             frames = restored[int(unit["out_start"]) - start : int(unit["out_stop"]) - start]
