@@ -72,6 +72,7 @@ MAX_FAILED_STARTS = 3  # worker actors that died starting, none having started: 
 SKIPPED_SHOWN = 5  # files not taken that the run names in its output (the manifest holds them all)
 SKIPPED_SCHEMA = pa.schema([("uri", pa.string()), ("reason", pa.string())])
 MAX_UNIT_RETRIES = 2  # a unit whose task is lost with its worker or node is started over this often
+CLOSE_WAIT_SECONDS = 30.0  # the longest the end of a run waits for actors still starting before it kills them
 
 
 class WorkerStartError(RuntimeError):
@@ -221,7 +222,14 @@ class _Pool:
     def close(self) -> None:
         """Free the actors' resources now. Dropping the handles is not enough: a run that
         raised keeps them alive in its traceback, and on a shared cluster (or a caller's
-        own Ray) the next run would wait forever for the CPUs or GPUs they hold."""
+        own Ray) the next run would wait forever for the CPUs or GPUs they hold.
+
+        Actors still starting are given up to CLOSE_WAIT_SECONDS to finish first: one
+        killed while Ray creates it can leave its worker holding its CPUs for good (seen
+        here after a run with nothing left to do; ray-project/ray#27743). One that never
+        got resources has no worker yet, so the wait is bounded."""
+        if self.starting:
+            ray.wait(list(self.starting), num_returns=len(self.starting), timeout=CLOSE_WAIT_SECONDS)
         for actor in self.actors:
             ray.kill(actor)
         self.actors, self.idle, self.starting = [], [], {}
