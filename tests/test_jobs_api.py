@@ -229,8 +229,8 @@ def test_restore_job_through_the_jobs_api(ray_head, archive, tiny_model, tmp_pat
 
     for name, frames in (("walk", 7), ("short", 4)):
         out = probe(str(dst / f"{name}.mp4"))
-        assert out["frames"] == frames
-        assert (out["width"], out["height"]) == (64, 64)  # --scale defaults to 4
+        assert out.frames == frames
+        assert (out.width, out.height) == (64, 64)  # --scale defaults to 4
     assert not (dst / "bad.mp4").exists()
 
     manifest = Manifest(str(dst))

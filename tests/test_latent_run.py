@@ -91,7 +91,7 @@ def test_sr_x4_with_a_latent_upscaler(latent_models, tmp_path):
     payloads = check_units(dst, grid=(18, 16), motion=(1.0, 0.0))
 
     out = probe(str(dst / "v.mp4"))
-    assert (out["frames"], out["height"], out["width"]) == (FRAMES, 68, 60)
+    assert (out.frames, out.height, out.width) == (FRAMES, 68, 60)
     down = inverse.SuperResolution(4, "bicubic").forward
     y = torch.from_numpy(lr).permute(0, 3, 1, 2).float() / 255
     restored = torch.from_numpy(np.concatenate(list(payloads.values()))).permute(0, 3, 1, 2).float() / 255
@@ -116,7 +116,7 @@ def test_inpainting_with_a_latent_inpainting_model(latent_models, tmp_path):
     payloads = check_units(dst, grid=(14, 12), motion=(0.0, 1.0))
 
     out = probe(str(dst / "v.mp4"))
-    assert (out["frames"], out["height"], out["width"]) == (FRAMES, 26, 22)
+    assert (out.frames, out.height, out.width) == (FRAMES, 26, 22)
     known = inverse.parse_mask(mask, (26, 22), FRAMES)[:, 0].numpy() > 0.5  # (T, H, W), True = observed
     assert 0 < known.mean() < 1
     restored = np.concatenate(list(payloads.values()))

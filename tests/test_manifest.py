@@ -4,6 +4,7 @@ Every test runs twice: on a local directory and on S3 (moto's server, via the
 ``s3_bucket`` fixture), since the commit protocol exists for S3's sake.
 """
 
+import dataclasses
 import io
 import time
 import zipfile
@@ -21,6 +22,7 @@ from raywarp.pipeline.manifest import (
     commit_name,
     format_status,
 )
+from raywarp.pipeline.records import ProgressRow
 
 CONFIG = {"model": "prior-v1", "steps": 20, "flow": {"iters": 12, "scale": 0.5}}
 
@@ -31,7 +33,7 @@ def manifest(dst):
 
 
 def row(id, status, finished_at, attempt=1, kind="clip", **extra):
-    return {"id": id, "kind": kind, "status": status, "attempt": attempt, "finished_at": finished_at, **extra}
+    return ProgressRow(id=id, kind=kind, status=status, attempt=attempt, finished_at=finished_at, **extra)
 
 
 def test_start_run_writes_config_and_counts_attempts(dst):
@@ -68,17 +70,19 @@ def test_latest_picks_newest_row_per_id(manifest):
     latest = manifest.latest()
     assert {i: r["status"] for i, r in latest.items()} == {"a": "done", "b": "failed"}
     assert latest["a"]["attempt"] == 2 and latest["a"]["error"] is None  # missing field -> null
-    assert set(manifest.committed()) == {"a"} and manifest.committed()["a"]["attempt"] == 2
+    assert set(manifest.committed()) == {"a"} and manifest.committed()["a"].attempt == 2
     assert manifest.progress().num_rows == 5
 
 
 def test_progress_rejects_unknown_and_missing_fields(manifest):
-    with pytest.raises(ValueError, match="finshed_at"):
-        manifest.append_progress([{**row("a", "done", 1.0), "finshed_at": 2.0}])
-    with pytest.raises(ValueError, match="finished_at"):
-        manifest.append_progress([{"id": "a", "kind": "clip", "status": "done", "attempt": 1}])
+    with pytest.raises(TypeError, match="finshed_at"):
+        row("a", "done", 1.0, finshed_at=2.0)
+    with pytest.raises(TypeError, match="finished_at"):
+        ProgressRow(id="a", kind="clip", status="done", attempt=1)
     with pytest.raises(ValueError, match="status"):
-        manifest.append_progress([row("a", "ok", 1.0)])
+        row("a", "ok", 1.0)
+    with pytest.raises(TypeError, match="ProgressRow"):
+        manifest.append_progress([{"id": "a", "kind": "clip", "status": "done", "attempt": 1, "finished_at": 1.0}])
     assert manifest.progress().num_rows == 0  # nothing half-written
 
 
@@ -191,9 +195,9 @@ def test_a_damaged_payload_is_refused_on_read(manifest, damage):
 def test_a_named_commit_is_made_once(manifest):
     """A retried task commits under the same name: the row is there once."""
     name = commit_name()
-    row = {"id": "u1", "kind": "clip", "status": "done", "attempt": 1, "finished_at": 1.0, "checksums": {"u1": "ab"}}
+    row = ProgressRow(id="u1", kind="clip", status="done", attempt=1, finished_at=1.0, checksums={"u1": "ab"})
     first = manifest.append_progress([row], name=name)
-    assert manifest.append_progress([{**row, "finished_at": 2.0}], name=name) == first
+    assert manifest.append_progress([dataclasses.replace(row, finished_at=2.0)], name=name) == first
     rows = manifest.progress().to_pylist()
     assert len(rows) == 1 and rows[0]["finished_at"] == 1.0 and rows[0]["checksums"] == '{"u1": "ab"}'
 

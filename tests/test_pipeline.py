@@ -90,9 +90,9 @@ def test_every_good_video_is_restored_and_bad_ones_are_reported(finished_run, ar
     assert sorted(Path(u).name for u in summary.skipped) == ["music.m4a", "notes.txt"]
     for name, src in [("long", archive / "long.mp4"), ("short", archive / "short.mp4"), ("nested/odd", archive / "nested" / "odd.mp4")]:
         a, b = probe(str(src)), probe(str(dst / f"{name}.mp4"))
-        assert b["frames"] == a["frames"]
-        assert (b["width"], b["height"]) == (4 * a["width"], 4 * a["height"])
-        assert (b["fps_num"], b["fps_den"]) == (a["fps_num"], a["fps_den"])
+        assert b.frames == a.frames
+        assert (b.width, b.height) == (4 * a.width, 4 * a.height)
+        assert (b.fps_num, b.fps_den) == (a.fps_num, a.fps_den)
 
 
 def test_manifest_has_a_row_for_every_unit_and_video(finished_run):
@@ -161,7 +161,7 @@ def test_a_run_that_raises_frees_its_actors(archive, tiny_model, tmp_path, monke
     def broken_plan(*args, **kwargs):
         raise RuntimeError("planning broke")
 
-    monkeypatch.setattr(run_module.rplan, "plan", broken_plan)
+    monkeypatch.setattr(run_module.rplan, "plan_video", broken_plan)
     with pytest.raises(RuntimeError, match="planning broke") as raised:  # holds the traceback, as pytest does for a failure
         run(str(archive), str(tmp_path / "out"), small_config(tiny_model))
     deadline = time.time() + 30
@@ -203,7 +203,7 @@ def test_s3_in_and_out(s3_bucket, tmp_path, tiny_model):
     assert [Path(u).name for u in summary.videos_done] == ["clip.mp4"]
     assert list(summary.videos_failed) == [f"s3://{bucket}/in/bad.mp4"]
     out = probe(f"s3://{bucket}/out/clip.mp4", options)
-    assert (out["frames"], out["width"]) == (9, 64)
+    assert (out.frames, out.width) == (9, 64)
     assert Manifest(f"s3://{bucket}/out", options).status()["videos_done"] == 1
 
 
@@ -320,7 +320,7 @@ def test_a_film_is_cut_into_its_shots_and_nothing_leaks_across_a_cut(film_run):
     assert all(u["shot_start"] <= u["start"] < u["stop"] <= u["shot_stop"]
                for u in manifest.read_table("clips").to_pylist())
     restored = _restored(manifest, film)
-    assert probe(str(dst / "film.mp4"))["frames"] == len(restored) == shots[-1][1]
+    assert probe(str(dst / "film.mp4")).frames == len(restored) == shots[-1][1]
     for k, (a, b) in enumerate(shots):
         np.testing.assert_array_equal(restored[a:b], _restored(manifest, str(src / "alone" / f"shot{k}.mkv")))
 
@@ -328,8 +328,8 @@ def test_a_film_is_cut_into_its_shots_and_nothing_leaks_across_a_cut(film_run):
 def test_a_rotated_video_is_restored_as_it_is_displayed(film_run):
     src, dst, _, _ = film_run
     source, out = probe(str(src / "portrait.mp4")), probe(str(dst / "portrait.mp4"))
-    assert (source["rotation"], source["width"], source["height"]) == (270, 12, 20)
-    assert (out["rotation"], out["width"], out["height"]) == (0, 48, 80)
+    assert (source.rotation, source.width, source.height) == (270, 12, 20)
+    assert (out.rotation, out.width, out.height) == (0, 48, 80)
     upright = decode_span(str(src / "portrait.mp4"), 0, 5, rotation=270).astype(np.float32) / 255
     hr = torch.from_numpy(decode_span(str(dst / "portrait.mp4"), 0, 5).astype(np.float32) / 255).permute(0, 3, 1, 2)
     down = torch.nn.functional.avg_pool2d(hr, 4).permute(0, 2, 3, 1).numpy()

@@ -12,42 +12,43 @@ from raywarp.pipeline import plan as rplan
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.run import output_uris
 from raywarp.sampler import SamplerConfig, chain_coords
+from videos import probed
 
 
 def video(frames, uri="/v/a.mp4", config=RunConfig()):
-    return {"uri": uri, "frames": frames, "video_id": rplan.video_id(uri, "123-4", config.hash())}
+    return probed(frames, uri, rplan.video_id(uri, "123-4", config.hash()))
 
 
 @pytest.mark.parametrize("frames", [1, 5, 16, 17, 28, 29, 100, 101])
 @pytest.mark.parametrize("clip_len,overlap", [(16, 4), (9, 4), (5, 1), (12, 3)])
 def test_units_own_every_frame_once(frames, clip_len, overlap):
     config = RunConfig(clip_len=clip_len, overlap=overlap)
-    units = rplan.plan_video(video(frames, config=config), config)
-    owned = sorted(f for u in units for f in range(u["out_start"], u["out_stop"]))
+    units = rplan.plan_video(video(frames, config=config), None, config)
+    owned = sorted(f for u in units for f in range(u.out_start, u.out_stop))
     assert owned == list(range(frames))
-    assert all(u["frames"] == u["out_stop"] - u["out_start"] > 0 for u in units)
-    assert all(u["stop"] - u["start"] <= clip_len for u in units)
-    by_id = {u["id"]: u for u in units}
+    assert all(u.frames == u.out_stop - u.out_start > 0 for u in units)
+    assert all(u.stop - u.start <= clip_len for u in units)
+    by_id = {u.id: u for u in units}
     for u in units:
-        assert u["start"] <= u["out_start"] < u["out_stop"] <= u["stop"]
-        if u["start_anchor"]:  # the clip's first sampled frame is its seam's last frame
-            seam = by_id[u["start_anchor"]]
-            assert seam["kind"] == "seam" and seam["stop"] - 1 == u["start"] == u["out_start"] - 1
-        if u["end_anchor"]:  # its last sampled frame is the next seam's first
-            seam = by_id[u["end_anchor"]]
-            assert seam["kind"] == "seam" and seam["start"] == u["stop"] - 1 == u["out_stop"]
-    assert all((u["phase"] == 1) == (u["kind"] == "seam") for u in units)
+        assert u.start <= u.out_start < u.out_stop <= u.stop
+        if u.start_anchor:  # the clip's first sampled frame is its seam's last frame
+            seam = by_id[u.start_anchor]
+            assert seam.kind == "seam" and seam.stop - 1 == u.start == u.out_start - 1
+        if u.end_anchor:  # its last sampled frame is the next seam's first
+            seam = by_id[u.end_anchor]
+            assert seam.kind == "seam" and seam.start == u.stop - 1 == u.out_stop
+    assert all((u.phase == 1) == (u.kind == "seam") for u in units)
     if frames <= clip_len:
-        assert len(units) == 1 and not units[0]["start_anchor"] and not units[0]["end_anchor"]
+        assert len(units) == 1 and not units[0].start_anchor and not units[0].end_anchor
 
 
 def test_ids_are_deterministic_and_depend_on_config():
-    a = rplan.plan_video(video(40), RunConfig())
-    assert [u["id"] for u in a] == [u["id"] for u in rplan.plan_video(video(40), RunConfig())]
+    a = rplan.plan_video(video(40), None, RunConfig())
+    assert [u.id for u in a] == [u.id for u in rplan.plan_video(video(40), None, RunConfig())]
     other = RunConfig(sampler=SamplerConfig(steps=7))
-    b = rplan.plan_video(video(40, config=other), other)
-    assert not {u["id"] for u in a} & {u["id"] for u in b}
-    assert len({u["id"] for u in a}) == len(a)
+    b = rplan.plan_video(video(40, config=other), None, other)
+    assert not {u.id for u in a} & {u.id for u in b}
+    assert len({u.id for u in a}) == len(a)
 
 
 def test_config_hash_ignores_resources_only():
@@ -76,19 +77,19 @@ def test_unit_noise_coordinates_continue_the_video_chain():
     motion = synthetic.affine_motion(size, shift=(0.5, -0.25), angle_deg=0.5)
     bwd = synthetic.affine_backward_flow(motion, size).expand(frames - 1, -1, -1, -1).double()
     config = RunConfig(clip_len=8, overlap=3)
-    units = sorted(rplan.plan_video(video(frames, config=config), config), key=lambda u: (u["start"], u["phase"]))
-    assert all(a["stop"] - 1 == b["start"] for a, b in zip(units, units[1:]))  # each starts where the last ended
+    units = sorted(rplan.plan_video(video(frames, config=config), None, config), key=lambda u: (u.start, u.phase))
+    assert all(a.stop - 1 == b.start for a, b in zip(units, units[1:]))  # each starts where the last ended
     whole = chain_coords(bwd, *size)
-    maps = [rclip.end_map(bwd[u["start"] : u["stop"] - 1], size) for u in units]
+    maps = [rclip.end_map(bwd[u.start : u.stop - 1], size) for u in units]
     # Carrying affine coordinates is exact where a pixel's path back to frame 0 stays in the frame.
     tracked = [torch.ones(1, 1, *size, dtype=torch.float64)]
     for f in bwd:
         tracked.append(((rflow.warp(tracked[-1], f[None]) * rflow.in_frame(f[None])) > 0.999).double())
     first = rnoise.pixel_grid(*size)[0].numpy()
     for u, end in zip(units, maps):
-        valid = tracked[u["start"]][0, 0].bool().numpy()
+        valid = tracked[u.start][0, 0].bool().numpy()
         assert valid.sum() > 50
-        np.testing.assert_allclose(first[:, valid], whole[u["start"]].numpy()[:, valid], atol=1e-4)  # float32 end maps
+        np.testing.assert_allclose(first[:, valid], whole[u.start].numpy()[:, valid], atol=1e-4)  # float32 end maps
         first = rclip.advance(first, end)
     assert np.abs(whole[-1] - whole[0]).max() > 10  # the motion is not trivial
 
@@ -110,12 +111,12 @@ def test_noise_keeps_its_statistics_over_a_1000_frame_zoom(zoom):
     size, frames, config = (24, 24), 1000, RunConfig()
     centre = torch.tensor([(size[1] - 1) / 2, (size[0] - 1) / 2], dtype=torch.float64).view(1, 2, 1, 1)
     bwd = ((rnoise.pixel_grid(*size) - centre) * (1 / zoom - 1)).expand(frames - 1, -1, -1, -1)  # exact flow
-    units = sorted(rplan.plan_video(video(frames, config=config), config), key=lambda u: (u["start"], u["phase"]))
+    units = sorted(rplan.plan_video(video(frames, config=config), None, config), key=lambda u: (u.start, u.phase))
     coords, first, restarts = {}, None, 0
     for u in units:  # as the pipeline does: each unit chains from `advance`'s coordinates
-        flows = bwd[u["start"] : u["stop"] - 1]
+        flows = bwd[u.start : u.stop - 1]
         chained = chain_coords(flows, *size, start=None if first is None else torch.tensor(first)[None])
-        coords.update({f: chained[f - u["start"]] for f in range(u["out_start"], u["out_stop"])})
+        coords.update({f: chained[f - u.start] for f in range(u.out_start, u.out_stop)})
         first = rclip.advance(first, rclip.end_map(flows, size))
         restarts += first is None
     features = rnoise.gp_features(3, 2, num_features=1000)

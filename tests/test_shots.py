@@ -13,7 +13,7 @@ from raywarp.pipeline import plan as rplan
 from raywarp.pipeline import shots as rshots
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.source import VideoError
-from videos import write_lossless
+from videos import probed, write_lossless
 
 SIZE = (32, 32)
 # (photo, frames, motion): a pan, a zoom shorter than a clip, a one-frame shot, a rotation.
@@ -70,13 +70,12 @@ def test_a_shot_has_the_same_content_digest_in_the_film_and_alone(film):
 def test_no_unit_spans_a_cut_and_every_frame_is_owned_once(film):
     root, expected = film
     config = RunConfig(clip_len=7, overlap=2)
-    video = {"uri": "film.mkv", "frames": expected[-1][1], "video_id": "v", "shots": scan(root / "film.mkv", expected[-1][1])}
-    units = rplan.plan_video(video, config)
+    units = rplan.plan_video(probed(expected[-1][1], "film.mkv", "v"), scan(root / "film.mkv", expected[-1][1]), config)
     for u in units:
-        a, b = expected[u["shot"]]
-        assert (u["shot_start"], u["shot_stop"]) == (a, b) and a <= u["start"] < u["stop"] <= b
-    assert sorted(f for u in units for f in range(u["out_start"], u["out_stop"])) == list(range(expected[-1][1]))
-    assert len({u["seed"] for u in units}) == len(expected)
+        a, b = expected[u.shot]
+        assert (u.shot_start, u.shot_stop) == (a, b) and a <= u.start < u.stop <= b
+    assert sorted(f for u in units for f in range(u.out_start, u.out_stop)) == list(range(expected[-1][1]))
+    assert len({u.seed for u in units}) == len(expected)
 
 
 def test_variable_frame_rate_is_refused_with_the_reason(tmp_path):
@@ -91,5 +90,5 @@ def test_a_scan_cut_short_keeps_the_shots_before_the_damage(film):
     cut = root.parent / "cut.mkv"
     cut.write_bytes(data[: int(0.6 * len(data))])
     result = rshots.scan_span(str(cut), 0, expected[-1][1], 27.0)
-    assert result["error"] and result["cuts"] == [a for a, _ in expected if a in result["cuts"]]
-    assert result["cuts"][:2] == [0, 11]
+    assert result.error and result.cuts == [a for a, _ in expected if a in result.cuts]
+    assert result.cuts[:2] == [0, 11]

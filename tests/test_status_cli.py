@@ -14,6 +14,7 @@ import pytest
 
 from raywarp.cli import main as cli_main
 from raywarp.pipeline.manifest import Manifest
+from raywarp.pipeline.records import ProgressRow
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = {"v1-s0": 2, "v1-c0": 5, "v1-s1": 2}  # unit id → frames, one video
@@ -21,10 +22,10 @@ KEYS = ("root", "attempt", "clips_done", "clips_failed", "clips_pending", "video
         "videos_pending", "frames_done", "frames_pending", "fps", "eta_seconds", "last_errors")
 
 
-def row(id: str, status: str, kind: str = "clip", frames: int = 0) -> dict:
+def row(id: str, status: str, kind: str = "clip", frames: int = 0) -> ProgressRow:
     now = time.time()
-    return {"id": id, "video_id": "v1", "uri": "src/v1.mp4", "kind": kind, "status": status, "attempt": 1,
-            "frames": frames, "started_at": now - 1, "finished_at": now, "error": "" if status == "done" else "boom"}
+    return ProgressRow(id=id, video_id="v1", uri="src/v1.mp4", kind=kind, status=status, attempt=1, frames=frames,
+                       started_at=now - 1, finished_at=now, error="" if status == "done" else "boom")
 
 
 def plan(manifest: Manifest) -> None:

@@ -25,9 +25,11 @@ from raywarp.pipeline import plan as rplan
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.encode import encode_video
 from raywarp.pipeline.manifest import Manifest
+from raywarp.pipeline.records import Decoded
 from raywarp.pipeline.stages import UnitWorker
 from raywarp.report import write_report
 from raywarp.sampler import SamplerConfig
+from videos import probed
 
 CLIPS = 200
 PHOTOS = synthetic.TRAIN_PHOTOS + synthetic.HELDOUT_PHOTOS
@@ -94,13 +96,12 @@ def test_random_tiny_clips_are_restored_never_failed(micro_model, tmp_path):
         frames = random_clip(rng)
         config = random_config(rng, micro_model)
         worker.config = config  # this clip's task, mask and mode; what the worker loaded is the model's alone
-        video = {"video_id": f"clip{i}", "uri": f"fuzz/clip{i}", "frames": len(frames)}
-        units = rplan.plan_video(video, config)
-        decode = lambda u: (frames[u["start"] : u["stop"]], {"started_at": 0.0, "seconds_decode": 0.0})  # noqa: E731
+        units = rplan.plan_video(probed(len(frames), f"fuzz/clip{i}", f"clip{i}"), None, config)
+        decode = lambda u: (frames[u.start : u.stop], Decoded(0.0, 0.0))  # noqa: E731
         for row in restore_units(worker, units, decode):
-            failures += row["status"] != "done"
-            assert row["status"] == "done", (i, config, frames.shape, row["error"])
-            metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]
+            failures += row.status != "done"
+            assert row.status == "done", (i, config, frames.shape, row.error)
+            metrics = row.metrics
             assert metrics["measurement_error"] < 0.05, (i, config, metrics)
             fallbacks += bool(metrics["fallback_pairs"])
     assert failures == 0

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from raywarp.pipeline.manifest import Manifest
+from raywarp.pipeline.records import ProgressRow
 from raywarp.pipeline.run import run
 from test_pipeline import small_config, write_video
 
@@ -104,7 +105,8 @@ def test_a_clip_redone_later_finds_its_seam_payload_gone_and_the_seam_is_recompu
     seam, clip = units(manifest, "seam")[0], units(manifest, "clip")[1]
     for unit_id in (clip["id"], clip["video_id"]):  # the clip failed in attempt 1, and so its video
         done = rows_of(manifest, unit_id, 1)[-1]
-        manifest.append_progress([{**done, "status": "failed", "error": "killed", "finished_at": done["finished_at"] + 1}])
+        manifest.append_progress([ProgressRow.from_row({**done, "status": "failed", "error": "killed",
+                                                        "finished_at": done["finished_at"] + 1})])
     (dst / "_raywarp" / "payload" / f"{seam['id']}.zip").unlink()
     summary = rerun(src, dst, tiny_model)
     assert summary.units_computed == 2

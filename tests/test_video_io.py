@@ -104,13 +104,13 @@ def test_probe_reports_what_encode_wrote(tmp_path, frames, fps):
     path = str(tmp_path / "v.mp4")
     encode_video(iter(frames[:12]), path, fps, gop=GOP)
     info = probe(path)
-    assert info["uri"] == path
-    assert info["size_bytes"] == os.path.getsize(path) > 0
-    assert info["fingerprint"] == fingerprint(path) == f"{os.path.getsize(path)}-{os.stat(path).st_mtime}"
-    assert (info["width"], info["height"], info["frames"]) == (64, 48, 12)
-    assert Fraction(info["fps_num"], info["fps_den"]) == fps and info["fps"] == pytest.approx(float(fps))
-    assert info["duration_s"] == pytest.approx(12 / float(fps))
-    assert (info["codec"], info["rotation"], info["has_audio"]) == ("h264", 0, False)
+    assert info.uri == path
+    assert info.size_bytes == os.path.getsize(path) > 0
+    assert info.fingerprint == fingerprint(path) == f"{os.path.getsize(path)}-{os.stat(path).st_mtime}"
+    assert (info.width, info.height, info.frames) == (64, 48, 12)
+    assert Fraction(info.fps_num, info.fps_den) == fps and info.fps == pytest.approx(float(fps))
+    assert info.duration_s == pytest.approx(12 / float(fps))
+    assert (info.codec, info.rotation, info.has_audio) == ("h264", 0, False)
 
 
 def test_probe_counts_packets_when_the_header_has_no_frame_count(tmp_path, frames):
@@ -118,15 +118,15 @@ def test_probe_counts_packets_when_the_header_has_no_frame_count(tmp_path, frame
     encode_video(iter(frames[:17]), path, 25, gop=GOP)
     with av.open(path) as container:
         assert container.streams.video[0].frames == 0  # Matroska: no count, so probe must count
-    assert probe(path)["frames"] == 17
+    assert probe(path).frames == 17
 
 
 def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path, video, reference):
     path = shown_rotated(Path(video), tmp_path / "portrait.mp4")
     info = probe(str(path))
-    assert info["rotation"] == 270
-    assert (info["width"], info["height"]) == (reference.shape[1], reference.shape[2])  # portrait
-    frames = decode_span(str(path), 3, 9, rotation=info["rotation"])
+    assert info.rotation == 270
+    assert (info.width, info.height) == (reference.shape[1], reference.shape[2])  # portrait
+    frames = decode_span(str(path), 3, 9, rotation=info.rotation)
     np.testing.assert_array_equal(frames, np.rot90(reference[3:9], 3, axes=(1, 2)))  # turned clockwise
 
 
@@ -135,10 +135,10 @@ def test_audio_is_detected_and_copied_packet_for_packet(tmp_path, frames):
     fps = Fraction(1)
     src, dst = tmp_path / "with_audio.mp4", str(tmp_path / "restored.mp4")
     write_with_audio(src, frames, fps, sample_rate=8000)
-    assert probe(str(src))["has_audio"] is True
+    assert probe(str(src)).has_audio is True
     assert encode_video(iter(frames[::-1]), dst, fps, audio_source=str(src)).frames == FRAMES
     info = probe(dst)
-    assert info["has_audio"] is True and info["frames"] == FRAMES and info["fps"] == 1
+    assert info.has_audio is True and info.frames == FRAMES and info.fps == 1
     with av.open(str(src)) as source:
         src_audio = [bytes(p) for p in source.demux(audio=0) if p.size]
     with av.open(dst) as out:
@@ -182,9 +182,9 @@ def test_streams_the_output_does_not_carry_are_reported(tmp_path, frames):
             out.mux(track.encode(silence))
             out.mux(track.encode(None))
     info = probe(str(path))
-    assert info["has_audio"] and info["not_copied"] == "audio 2 (mp3float)"
+    assert info.has_audio and info.not_copied == "audio 2 (mp3float)"
     encode_video(iter(frames[:3]), str(tmp_path / "video_only.mp4"), 25)
-    assert probe(str(tmp_path / "video_only.mp4"))["not_copied"] == ""
+    assert probe(str(tmp_path / "video_only.mp4")).not_copied == ""
 
 
 def test_copied_audio_keeps_its_offset_from_the_video(tmp_path, frames):
@@ -266,7 +266,7 @@ def test_truncated_videos_fail_with_a_clear_reason(tmp_path, video, reference, f
     with pytest.raises(VideoError, match=rf"^{cut}: first frame does not decode"):
         probe(str(cut))
     cut.write_bytes(data[: int(0.5 * len(data))])  # probes fine: the missing frames show when decoded
-    assert probe(str(cut))["frames"] == FRAMES
+    assert probe(str(cut)).frames == FRAMES
     np.testing.assert_array_equal(decode_span(str(cut), 0, 5), reference[:5])
     with pytest.raises(VideoError, match=rf"^{cut}: truncated"):
         decode_span(str(cut), 24, FRAMES)
@@ -332,7 +332,7 @@ def test_decode_span_in_other_containers(tmp_path, frames, ext):
         write_mjpeg_avi(path, frames, FPS)
     else:
         encode_video(iter(frames), str(path), FPS, gop=GOP)
-    assert probe(str(path))["frames"] == FRAMES
+    assert probe(str(path)).frames == FRAMES
     reference = full_decode(path)
     for start, stop in [(0, 3), (7, 12), (26, 30)]:
         np.testing.assert_array_equal(decode_span(str(path), start, stop), reference[start:stop])
@@ -417,7 +417,7 @@ def test_encode_keeps_every_frame_at_the_given_rate(tmp_path, frames, reference)
     assert psnr(full_decode(path), frames) > 35  # crf 18
     # A float rate becomes the fraction it stands for.
     encode_video(iter(frames[:3]), path, 29.97)
-    assert Fraction(probe(path)["fps_num"], probe(path)["fps_den"]) == Fraction(2997, 100)
+    assert Fraction(probe(path).fps_num, probe(path).fps_den) == Fraction(2997, 100)
 
 
 def test_encode_odd_size(tmp_path):
@@ -425,7 +425,7 @@ def test_encode_odd_size(tmp_path):
     path = str(tmp_path / "odd.mp4")
     assert encode_video(iter(odd), path, 25).frames == 9
     info = probe(path)
-    assert (info["frames"], info["height"], info["width"]) == (9, 47, 63)
+    assert (info.frames, info.height, info.width) == (9, 47, 63)
     decoded = full_decode(path)
     assert decoded.shape == odd.shape and psnr(decoded, odd) > 35
     with av.open(path) as container:
@@ -538,15 +538,15 @@ def test_s3_list_probe_decode_encode(s3_bucket, video, reference, frames):
     assert list_videos(f"s3://{bucket}/lists/todo.txt", options).videos == [uri]
 
     info = probe(uri, options)
-    assert (info["frames"], info["width"], info["height"]) == (FRAMES, 64, 48)
-    assert info["size_bytes"] == os.path.getsize(video)
+    assert (info.frames, info.width, info.height) == (FRAMES, 64, 48)
+    assert info.size_bytes == os.path.getsize(video)
     etag = fs.info(uri)["ETag"].strip('"')
-    assert info["fingerprint"] == fingerprint(uri, options) == f"{info['size_bytes']}-{etag}"
+    assert info.fingerprint == fingerprint(uri, options) == f"{info.size_bytes}-{etag}"
     np.testing.assert_array_equal(decode_span(uri, 8, 17, options), reference[8:17])
 
     dst = f"s3://{bucket}/out/coffee.mp4"
     assert encode_video(iter(frames[:10]), dst, FPS, options, gop=GOP).frames == 10
-    assert probe(dst, options)["frames"] == 10
+    assert probe(dst, options).frames == 10
 
     # Rewriting the object with different content changes its fingerprint.
     before = fingerprint(uri, options)

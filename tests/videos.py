@@ -9,6 +9,15 @@ from pathlib import Path
 import av
 import numpy as np
 
+from raywarp.pipeline.records import Video
+
+
+def probed(frames: int, uri: str = "/v/a.mp4", video_id: str = "v", rotation: int = 0) -> Video:
+    """A probed video of `frames` frames, as planning sees it (the rest of a probe is filler)."""
+    return Video(uri=uri, size_bytes=1, fingerprint="1-1", width=24, height=16, fps_num=25, fps_den=1, fps=25.0,
+                 frames=frames, duration_s=frames / 25, codec="h264", pix_fmt="yuv420p", rotation=rotation,
+                 has_audio=False, not_copied="", video_id=video_id)
+
 
 def write_lossless(path: Path, frames: np.ndarray, fps: int = 25, times_ms: list[int] | None = None) -> Path:
     """(T, H, W, 3) uint8 RGB frames as FFV1 in Matroska: every frame decodes back exactly.

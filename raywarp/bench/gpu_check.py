@@ -441,8 +441,8 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
     units = [r for r in rows if r["kind"] != "video"]
     videos = [r for r in rows if r["kind"] == "video"]
     first, stop = min(r["started_at"] for r in units), max(r["finished_at"] for r in rows)
-    out = probe(str(dst / "clip.mp4")) if videos and videos[0]["status"] == "done" else {}
-    last = decode_span(str(dst / "clip.mp4"), out["frames"] - 1, out["frames"]) if out else None
+    out = probe(str(dst / "clip.mp4")) if videos and videos[0]["status"] == "done" else None
+    last = decode_span(str(dst / "clip.mp4"), out.frames - 1, out.frames) if out else None
     errors = [json.loads(r["metrics"] or "{}").get("measurement_error", math.nan) for r in units]
     # Processing: from the worker's first sampling (its models loaded; the flows of that
     # unit just before) to the last output written.
@@ -461,8 +461,8 @@ def pipeline_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.de
         "sample s (sum over units)": sum(r.get("seconds_sample") or 0 for r in units),
         "flow s (sum over units)": sum(r.get("seconds_flow") or 0 for r in units),
         "pipeline / standalone frames/s": fps * standalone["s/frame"],
-        "output frames": out.get("frames"), "output size": f"{out.get('width')}×{out.get('height')}",
-        "outputs ok": bool(out) and out["frames"] == sizes.pipeline_frames and (out["height"], out["width"]) == (4 * h, 4 * w)
+        "output frames": out and out.frames, "output size": f"{out.width}×{out.height}" if out else None,
+        "outputs ok": bool(out) and out.frames == sizes.pipeline_frames and (out.height, out.width) == (4 * h, 4 * w)
                       and all(math.isfinite(e) for e in errors) and float(last.std()) > 0,
         "max measurement error": max(errors, default=math.nan),
     })

@@ -17,6 +17,7 @@ shots made, and the shot scan's speed in one process, on these films and on a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -117,16 +118,17 @@ def _run_child(src: str, dst: str, model: str, steps: int, out) -> None:
 
 def _encode_child(dst: str, out) -> None:
     from raywarp.pipeline.manifest import Manifest
-    from raywarp.pipeline.stages import encode_units, unit_checksums
+    from raywarp.pipeline.records import Unit, Video
+    from raywarp.pipeline.stages import encode_units
 
     manifest = Manifest(dst)
-    video = manifest.read_table("videos").to_pylist()[0]
-    units = sorted(manifest.read_table("clips").to_pylist(), key=lambda u: u["out_start"])
-    latest = manifest.latest()
-    payloads = [(u["id"], unit_checksums(latest[u["id"]]).get(u["id"])) for u in units]
+    video = Video.from_row(manifest.read_table("videos").to_pylist()[0])
+    units = sorted(map(Unit.from_row, manifest.read_table("clips").to_pylist()), key=lambda u: u.out_start)
+    committed = manifest.committed()
+    payloads = [(u.id, committed[u.id].checksum(u.id)) for u in units]
     with _PeakRss() as rss:
-        row = encode_units({**video, "output": f"{dst}/again.mp4"}, payloads, dst, None, 99)
-    out.put({"ok": row["status"] == "done", "error": row["error"], "rss_before": rss.before, "rss_peak": rss.peak})
+        row = encode_units(dataclasses.replace(video, output=f"{dst}/again.mp4"), payloads, dst, None, 99)
+    out.put({"ok": row.status == "done", "error": row.error, "rss_before": rss.before, "rss_peak": rss.peak})
 
 
 def _in_fresh_process(target, *args) -> dict:

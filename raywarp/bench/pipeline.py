@@ -37,6 +37,7 @@ from raywarp.pipeline.manifest import Manifest
 from raywarp.pipeline import shots as rshots
 from raywarp.pipeline.run import output_uris, run
 from raywarp.pipeline.source import list_videos, probe
+from raywarp.pipeline.records import ProgressRow, Unit
 from raywarp.pipeline.stages import UnitWorker, decode_unit, encode_units
 from raywarp.sampler import SamplerConfig
 from raywarp.tensors import tensor_to_frames
@@ -54,27 +55,27 @@ def make_workload(folder: Path, videos: int, frames: int, size) -> None:
         encode_video(iter(tensor_to_frames(op.degrade(video))), str(folder / f"video{i}.mp4"), Fraction(24), crf=8)
 
 
-def restore_units(worker: UnitWorker, units: list[dict], decode) -> list[dict]:
+def restore_units(worker: UnitWorker, units: list[Unit], decode) -> list[ProgressRow]:
     """One video's units through `worker` in this process, in the pipeline's order: every
     unit's flows (the noise coordinates carried along each shot), then the seams, then the
-    clips anchored to them. decode(unit) -> (frames, {'started_at', 'seconds_decode', ...}).
+    clips anchored to them. decode(unit) -> (frames, `Decoded`).
     Returns the commit rows, seams first; a unit whose flows fail raises RuntimeError."""
-    units = sorted(units, key=lambda u: (u["start"], u["phase"]))
+    units = sorted(units, key=lambda u: (u.start, u.phase))
     inputs, coords = {}, None
     for k, u in enumerate(units):
-        if k and u["shot"] != units[k - 1]["shot"]:
+        if k and u.shot != units[k - 1].shot:
             coords = None  # a shot starts its own chain
-        pixels, timing = decode(u)
-        info, flows, end = worker.flows(u, pixels)
-        if info["error"]:
-            raise RuntimeError(info["error"])
-        inputs[u["id"]] = (pixels, flows, coords, {**timing, **info})
+        pixels, decoded = decode(u)
+        flowed, flows, end = worker.flows(u, pixels)
+        if flowed.error:
+            raise RuntimeError(flowed.error)
+        inputs[u.id] = (pixels, flows, coords, decoded, flowed)
         coords = rclip.advance(coords, end)
     rows, seams = [], {}
-    for u in sorted(units, key=lambda u: u["phase"]):
-        pixels, flows, first, earlier = inputs[u["id"]]
-        row, seams[u["id"]] = worker.sample(u, pixels, flows, first, seams.get(u["start_anchor"]),
-                                            seams.get(u["end_anchor"]), earlier, f"{u['id']}-plain")
+    for u in sorted(units, key=lambda u: u.phase):
+        pixels, flows, first, decoded, flowed = inputs[u.id]
+        row, seams[u.id] = worker.sample(u, pixels, flows, first, seams.get(u.start_anchor), seams.get(u.end_anchor),
+                                         decoded, flowed, f"{u.id}-plain")
         rows.append(row)
     return rows
 
@@ -88,18 +89,17 @@ def plain_loop(src: str, dst: str, config: RunConfig) -> None:
     uris = list_videos(src).videos
     for uri, output in output_uris(dst, uris).items():
         video = probe(uri)
-        video["video_id"] = rplan.video_id(uri, video["fingerprint"], config.hash())
-        video["output"] = output
-        spans = [rshots.scan_span(uri, a, b, config.shot_threshold) for a, b in rshots.scan_spans(video["frames"])]
-        units = rplan.plan_video({**video, "shots": rshots.shots(video["frames"], spans)}, config)
-        rows = {r["id"]: r for r in restore_units(worker, units, lambda u: decode_unit(u, None))}
-        failed = [r["error"] for r in rows.values() if r["status"] != "done"]
+        video = dataclasses.replace(video, video_id=rplan.video_id(uri, video.fingerprint, config.hash()), output=output)
+        spans = [rshots.scan_span(uri, a, b, config.shot_threshold) for a, b in rshots.scan_spans(video.frames)]
+        units = rplan.plan_video(video, rshots.shots(video.frames, spans), config)
+        rows = {r.id: r for r in restore_units(worker, units, lambda u: decode_unit(u, None))}
+        failed = [r.error for r in rows.values() if r.status != "done"]
         if failed:
             raise RuntimeError(f"{uri}: {failed[0]}")
-        payloads = [(u["id"], rows[u["id"]]["checksums"][u["id"]]) for u in sorted(units, key=lambda u: u["out_start"])]
+        payloads = [(u.id, rows[u.id].checksum(u.id)) for u in sorted(units, key=lambda u: u.out_start)]
         row = encode_units(video, payloads, dst, None, attempt)
-        if row["status"] != "done":
-            raise RuntimeError(f"{uri}: {row['error']}")
+        if row.status != "done":
+            raise RuntimeError(f"{uri}: {row.error}")
     manifest.compact()
 
 

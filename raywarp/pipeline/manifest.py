@@ -63,31 +63,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raywarp.pipeline.progress import format_seconds
+from raywarp.pipeline.records import ProgressRow
 
-PROGRESS_SCHEMA = pa.schema([
-    ("id", pa.string()),           # clip id, or video id for kind == 'video'
-    ("video_id", pa.string()),
-    ("uri", pa.string()),          # source video
-    ("kind", pa.string()),         # 'seam' | 'clip' | 'video'
-    ("status", pa.string()),       # 'done' | 'failed'
-    ("attempt", pa.int32()),       # run attempt, from Manifest.start_run
-    ("node", pa.string()),
-    ("frames", pa.int32()),
-    ("started_at", pa.float64()),  # unix seconds
-    ("finished_at", pa.float64()),
-    ("seconds_decode", pa.float64()),
-    ("seconds_flow", pa.float64()),
-    ("seconds_sample", pa.float64()),
-    ("seconds_write", pa.float64()),
-    ("metrics", pa.string()),      # JSON
-    ("error", pa.string()),
-    ("output", pa.string()),       # URI of the payload or the output video
-    ("checksums", pa.string()),    # JSON {payload key or output URI: sha256 of its bytes}, what the row commits
-    ("output_bytes", pa.int64()),  # a video row: the size of its output file
-])
-PROGRESS_REQUIRED = ("id", "kind", "status", "attempt", "finished_at")
-KINDS = ("seam", "clip", "video")
-STATUSES = ("done", "failed")
+PROGRESS_SCHEMA = ProgressRow.schema()
 TABLES = ("videos", "shots", "clips", "skipped")
 
 # A fixed zip member date keeps payload bytes a function of the arrays alone.
@@ -256,17 +234,17 @@ class Manifest:
 
     # -- progress -------------------------------------------------------------------
 
-    def append_progress(self, rows: list[dict], name: str | None = None) -> str:
-        """Commit ``rows`` (PROGRESS_SCHEMA fields) as one new part file; returns its URI.
+    def append_progress(self, rows: list[ProgressRow], name: str | None = None) -> str:
+        """Commit ``rows`` as one new part file; returns its URI.
 
-        Missing optional fields become null; unknown fields raise ValueError, so a typo
-        fails loudly instead of vanishing. ``metrics`` and ``checksums`` may be dicts
-        (stored as JSON). ``name`` (from `commit_name`) makes the commit create-once: a
-        retried task that commits under the same name finds it there and adds nothing.
+        ``name`` (from `commit_name`) makes the commit create-once: a retried task that
+        commits under the same name finds it there and adds nothing.
         """
         if not rows:
             raise ValueError("append_progress needs at least one row")
-        rows = [_check_progress_row(r) for r in rows]
+        if not all(isinstance(r, ProgressRow) for r in rows):
+            raise TypeError(f"append_progress takes ProgressRow records, not {sorted({type(r).__name__ for r in rows})}")
+        rows = [r.to_row() for r in rows]
         rel = f"progress/part-{name or commit_name()}.parquet"
         data = _parquet_bytes(pa.Table.from_pylist(rows, schema=PROGRESS_SCHEMA))
         try:
@@ -356,9 +334,9 @@ class Manifest:
         rows = table.filter(keep).drop_columns(["_order"]).to_pylist()
         return {r["id"]: r for r in rows}
 
-    def committed(self) -> dict[str, dict]:
+    def committed(self) -> dict[str, ProgressRow]:
         """The latest row of every id whose latest row is 'done', by id."""
-        return {i: row for i, row in self.latest().items() if row["status"] == "done"}
+        return {i: ProgressRow.from_row(row) for i, row in self.latest().items() if row["status"] == "done"}
 
     # -- payload arrays -------------------------------------------------------------
 
@@ -486,21 +464,6 @@ def _conform(table: pa.Table) -> pa.Table:
         if column.name not in table.column_names:
             table = table.append_column(column.name, pa.nulls(table.num_rows, column.type))
     return table.select(PROGRESS_SCHEMA.names).cast(PROGRESS_SCHEMA)
-
-
-def _check_progress_row(row: dict) -> dict:
-    unknown = set(row) - set(PROGRESS_SCHEMA.names)
-    if unknown:
-        raise ValueError(f"unknown progress fields {sorted(unknown)}; known: {PROGRESS_SCHEMA.names}")
-    missing = [k for k in PROGRESS_REQUIRED if row.get(k) is None]
-    if missing:
-        raise ValueError(f"progress row {row.get('id')!r} lacks required fields {missing}")
-    if row["kind"] not in KINDS or row["status"] not in STATUSES:
-        raise ValueError(f"progress row {row['id']!r}: kind must be one of {KINDS}, status one of {STATUSES}")
-    for name in ("metrics", "checksums"):
-        if isinstance(row.get(name), (dict, list)):
-            row = {**row, name: json.dumps(row[name], sort_keys=True)}
-    return row
 
 
 def _payload_rel(key: str) -> str:

@@ -28,6 +28,7 @@ import math
 import uuid
 
 from raywarp.pipeline.config import RunConfig
+from raywarp.pipeline.records import Unit, Video
 
 NAMESPACE = uuid.UUID("5f0c2a52-7d0e-4c53-9b39-2b8e0f1a6d11")
 
@@ -54,51 +55,36 @@ def shot_seed(config: RunConfig, content: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{config.seed}|{content}".encode()).digest()[:4], "little") >> 1
 
 
-def _plan_shot(base: dict, shot: int, first: int, last: int, config: RunConfig) -> list[dict]:
+def _plan_shot(video: Video, shot: int, first: int, last: int, seed: int, config: RunConfig) -> list[Unit]:
     """Units of frames [first, last) of a video, one shot, seams first."""
     o = config.overlap
     starts = [first + s for s in clip_starts(last - first, config.clip_len, o)]
-    vid = base["video_id"]
-    base = {**base, "shot": shot, "shot_start": first, "shot_stop": last}
-    seams = []
-    for s in starts[1:]:
-        seams.append({**base, "id": unit_id(vid, "seam", s, s + o), "kind": "seam", "phase": 1,
-                      "start": s, "stop": s + o, "out_start": s, "out_stop": s + o,
-                      "start_anchor": "", "end_anchor": ""})
+    vid = video.video_id
+
+    def unit(kind: str, start: int, stop: int, out_start: int, out_stop: int, start_anchor="", end_anchor="") -> Unit:
+        return Unit(id=unit_id(vid, kind, start, stop), video_id=vid, uri=video.uri, kind=kind,
+                    phase=1 if kind == "seam" else 2, start=start, stop=stop, out_start=out_start, out_stop=out_stop,
+                    start_anchor=start_anchor, end_anchor=end_anchor, shot=shot, shot_start=first, shot_stop=last,
+                    seed=seed, video_frames=video.frames, rotation=video.rotation, frames=out_stop - out_start)
+
+    seams = [unit("seam", s, s + o, s, s + o) for s in starts[1:]]
     clips = []
     for k, s in enumerate(starts):
         opening = k > 0
         closing = k == len(starts) - 1
         start = s + o - 1 if opening else first  # the previous seam's last frame
         stop = last if closing else starts[k + 1] + 1  # through the next seam's first frame
-        clips.append({**base, "id": unit_id(vid, "clip", start, stop), "kind": "clip", "phase": 2,
-                      "start": start, "stop": stop,
-                      "out_start": start + 1 if opening else start, "out_stop": stop if closing else stop - 1,
-                      "start_anchor": seams[k - 1]["id"] if opening else "",
-                      "end_anchor": "" if closing else seams[k]["id"]})
+        clips.append(unit("clip", start, stop, start + 1 if opening else start, stop if closing else stop - 1,
+                          seams[k - 1].id if opening else "", "" if closing else seams[k].id))
     return seams + clips
 
 
-def plan_video(video: dict, config: RunConfig) -> list[dict]:
-    """Units of one probed video (a row of videos.parquet, with `video_id` and `shots`:
-    (start, stop, content digest) of each shot; without it the video is one shot).
-
-    Each unit samples frames [start, stop) and owns output frames [out_start, out_stop);
-    a clip's `start_anchor` / `end_anchor` name the seams whose edge frames it borrows;
-    `shot`, `shot_start`, `shot_stop` and `seed` say which shot it belongs to.
-    """
-    n = int(video["frames"])
-    base = {"video_id": video["video_id"], "uri": video["uri"], "video_frames": n,
-            "rotation": int(video.get("rotation", 0))}
+def plan_video(video: Video, shots: list[tuple[int, int, str]] | None, config: RunConfig) -> list[Unit]:
+    """Units of one probed video, its `shots` (start, stop, content digest) each planned on
+    its own (None: the video is one shot). `shot`, `shot_start`, `shot_stop` and `seed`
+    of a unit say which shot it belongs to."""
     units = []
-    for shot, (first, last, content) in enumerate(video.get("shots") or [(0, n, "")]):
-        seed = shot_seed(config, content or f"{video['video_id']}|{shot}")  # unscanned: the video's own
-        units += _plan_shot({**base, "seed": seed}, shot, first, last, config)
-    for u in units:
-        u["frames"] = u["out_stop"] - u["out_start"]
+    for shot, (first, last, content) in enumerate(shots or [(0, video.frames, "")]):
+        seed = shot_seed(config, content or f"{video.video_id}|{shot}")  # unscanned: the video's own
+        units += _plan_shot(video, shot, first, last, seed, config)
     return units
-
-
-def plan(videos: list[dict], config: RunConfig) -> list[dict]:
-    """All units of all videos (rows of clips.parquet)."""
-    return [u for v in videos for u in plan_video(v, config)]

@@ -35,6 +35,7 @@ manifest, and a resumed run reads them back instead of scanning again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -53,13 +54,14 @@ import ray
 from raywarp.pipeline import clip as rclip
 from raywarp.pipeline import plan as rplan
 from raywarp.pipeline import shots as rshots
-from raywarp.pipeline import stages, telemetry
+from raywarp.pipeline import stages
 from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.lease import Lease
 from raywarp.pipeline.manifest import COMPACT_EVERY, Manifest, commit_name
 from raywarp.pipeline.progress import Progress
 from raywarp.pipeline.source import Listing, VideoError, filesystem, list_videos, probe
-from raywarp.pipeline.stages import UnitWorker, end_map_key, error_text, progress_row, unit_checksums
+from raywarp.pipeline.records import Decoded, Flowed, ProgressRow, Redo, Unit, Unusable, Video, unit_row, video_row
+from raywarp.pipeline.stages import UnitWorker, commit, end_map_key, error_text
 
 decode_unit = ray.remote(num_returns=2)(stages.decode_unit)
 advance_coords = ray.remote(rclip.advance)
@@ -148,33 +150,35 @@ def _safe_name(stem: str) -> str:
     return "/".join(parts) or "video"
 
 
-def _as_error(uri: str, fn, *args) -> dict:
-    """`fn(*args)`, or {'uri', 'error'} naming why the video cannot be used."""
+def _or_unusable(uri: str, fn, *args):
+    """`fn(*args)`, or `Unusable` naming why the video cannot be used."""
     try:
         return fn(*args)
     except VideoError as exc:
-        return {"uri": uri, "error": str(exc)}
+        return Unusable(uri, str(exc))
     except Exception as exc:  # noqa: BLE001 - an unreadable key must not sink the job
-        return {"uri": uri, "error": f"{uri}: cannot read: {type(exc).__name__}: {exc}"}
+        return Unusable(uri, f"{uri}: cannot read: {type(exc).__name__}: {exc}")
 
 
 @ray.remote
-def _probe(uri: str, storage_options: dict | None) -> dict:
-    return _as_error(uri, probe, uri, storage_options)
+def _probe(uri: str, storage_options: dict | None) -> Video | Unusable:
+    return _or_unusable(uri, probe, uri, storage_options)
 
 
 @ray.remote
-def _scan(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None) -> dict:
-    return _as_error(uri, rshots.scan_span, uri, start, stop, threshold, storage_options)
+def _scan(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None) -> rshots.ScannedSpan | Unusable:
+    return _or_unusable(uri, rshots.scan_span, uri, start, stop, threshold, storage_options)
 
 
 def _resources(resources: dict) -> str:
     return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
-def _chain_key(unit: dict) -> tuple:
-    """Units with one noise-coordinate chain: those of a shot."""
-    return unit["video_id"], unit["shot"]
+@dataclass(frozen=True)
+class _Lost:
+    """A task lost with its worker or node (a process killed, an actor gone)."""
+
+    error: str
 
 
 @dataclass
@@ -183,15 +187,16 @@ class _Unit:
     (each is dropped once no later task needs it, so the object store holds the open
     units' data, not the run's)."""
 
-    row: dict  # its plan row
+    plan: Unit
     index: int  # its place in its shot's chain
     state: str = "waiting"  # waiting → decoding → decoded → flowing → flowed → sampling → done | failed
     checksums: dict = field(default_factory=dict)  # of its committed payloads, from its commit row
+    decoded: Decoded | None = None  # what its decode reported
+    flowed: Flowed | None = None  # what its flows reported
     loading: bool = False  # committed earlier: its payloads are being read back and verified
     error: str = ""  # why it failed
     retries: int = 0  # times it was started over after its task was lost
     pixels: ray.ObjectRef | None = None
-    earlier: dict = field(default_factory=dict)  # what its decode and flow stages reported
     flows: ray.ObjectRef | None = None
     end_map: ray.ObjectRef | None = None
     coords: ray.ObjectRef | None = None  # its first frame's GP coordinates (None: identity)
@@ -241,28 +246,28 @@ class _Stream:
     Work per event is bounded by the window, not by the size of the run: units wait in
     `pending` (run order) until opened, and only the `open` ones are looked at."""
 
-    def __init__(self, videos: list[dict], units: list[dict], done: dict[str, dict], pool: _Pool, lease: Lease,
+    def __init__(self, videos: list[Video], units: list[Unit], done: dict[str, ProgressRow], pool: _Pool, lease: Lease,
                  manifest: Manifest, config: RunConfig, storage_options, attempt: int, summary: RunSummary,
                  progress: Progress):
         """done: the commit rows of what earlier attempts finished, by id."""
         self.manifest, self.config, self.options, self.attempt = manifest, config, storage_options, attempt
         self.summary, self.progress = summary, progress
-        self.videos = {v["video_id"]: v for v in videos if v["video_id"] not in done}
+        self.videos = {v.video_id: v for v in videos if v.video_id not in done}
         self.of_video: dict[str, list[_Unit]] = {vid: [] for vid in self.videos}  # time order
         self.chains: dict[tuple, list[_Unit]] = {}  # per shot, time order: one noise chain
-        for u in sorted(units, key=lambda u: (u["start"], u["phase"])):
-            if u["video_id"] in self.of_video:
-                chain = self.chains.setdefault(_chain_key(u), [])
-                unit = _Unit(u, len(chain))
-                if u["id"] in done:
-                    unit.state, unit.checksums = "done", unit_checksums(done[u["id"]])
-                self.of_video[u["video_id"]].append(unit)
+        for p in sorted(units, key=lambda p: (p.start, p.phase)):
+            if p.video_id in self.of_video:
+                chain = self.chains.setdefault(p.chain_key, [])
+                unit = _Unit(p, len(chain))
+                if p.id in done:
+                    unit.state, unit.checksums = "done", done[p.id].checksums or {}
+                self.of_video[p.video_id].append(unit)
                 chain.append(unit)
-        self.units = {u.row["id"]: u for chain in self.chains.values() for u in chain}
+        self.units = {u.plan.id: u for chain in self.chains.values() for u in chain}
         self.anchored = {}  # seam id → the clips it anchors
         for u in self.units.values():
-            for key in ("start_anchor", "end_anchor"):
-                self.anchored.setdefault(u.row[key], []).append(u)
+            for seam in (u.plan.start_anchor, u.plan.end_anchor):
+                self.anchored.setdefault(seam, []).append(u)
         self.pending = deque(u for chain in self.of_video.values() for u in chain if u.state == "waiting")
         self.open: list[_Unit] = []  # opened, not finished, in run order
         self.left = {vid: sum(u.state != "done" for u in chain) for vid, chain in self.of_video.items()}
@@ -293,16 +298,16 @@ class _Stream:
         """Read back, verified, what committed units hand on to uncommitted ones: the end
         maps of those before an open unit of the shot (its noise coordinates run through
         them), and the frames of the seams an open clip is anchored to."""
-        cursor = self.cursor[_chain_key(chain[0].row)]
+        cursor = self.cursor[chain[0].plan.chain_key]
         last_open = max((k for k, u in enumerate(chain) if u.state != "done"), default=-1)
         for k, u in enumerate(chain):
             if u.state != "done" or u.loading:
                 continue
             need_end_map = cursor <= k < last_open and u.end_map is None
-            need_frames = u.frames is None and any(c.state != "done" for c in self.anchored.get(u.row["id"], []))
+            need_frames = u.frames is None and any(c.state != "done" for c in self.anchored.get(u.plan.id, []))
             if need_end_map or need_frames:
                 u.loading = True
-                error, end_map, frames = self._light(load_unit).remote(self.manifest.dst, self.options, u.row["id"],
+                error, end_map, frames = self._light(load_unit).remote(self.manifest.dst, self.options, u.plan.id,
                                                                        u.checksums, need_frames)
                 self._wait(error, "loaded", u, None, (end_map, frames if need_frames else None))
         chain[0].has_coords = True  # the identity
@@ -310,18 +315,14 @@ class _Stream:
     def _redo(self, u: _Unit, reason: str) -> None:
         """A committed unit's payload is gone or damaged: record that, and compute the
         unit again (its bytes come out the same), before anything uses it."""
-        now = time.time()
-        row = progress_row(u.row, self.attempt, status="failed", frames=0, error=f"{reason}; recomputing the unit",
-                           started_at=now, finished_at=now)
-        self.manifest.append_progress([row])
-        telemetry.record(row)
-        self.progress.message(f"recomputing {u.row['kind']} {u.row['start']}-{u.row['stop']} of {u.row['uri']}: {reason}")
-        self.progress.unit_redone(int(u.row["frames"]))
-        u.state, u.loading, u.checksums, u.earlier = "waiting", False, {}, {}
+        commit(self.manifest, unit_row(u.plan, self.attempt, "failed", error=f"{reason}; recomputing the unit"))
+        self.progress.message(f"recomputing {u.plan.describe()}: {reason}")
+        self.progress.unit_redone(u.plan.frames)
+        u.state, u.loading, u.checksums, u.decoded, u.flowed = "waiting", False, {}, None, None
         u.end_map = u.frames = None
-        self.left[u.row["video_id"]] += 1
+        self.left[u.plan.video_id] += 1
         self.pending.appendleft(u)
-        key = _chain_key(u.row)
+        key = u.plan.chain_key
         chain = self.chains[key]
         if 0 < u.index < self.cursor[key] and u.coords is None:  # its coordinates were let go
             self._replay_coords(u)
@@ -330,8 +331,8 @@ class _Stream:
     def _replay_coords(self, u: _Unit) -> None:
         """Compute `u`'s coordinates again from the stored end maps of the units before it
         (every one has flowed, or `u` would have no coordinates yet)."""
-        chain = self.chains[_chain_key(u.row)]
-        end_maps = [(c.row["id"], c.checksums.get(end_map_key(c.row["id"])) or c.earlier.get("end_map_checksum"))
+        chain = self.chains[u.plan.chain_key]
+        end_maps = [(c.plan.id, c.checksums.get(end_map_key(c.plan.id)) or (c.flowed and c.flowed.end_map_checksum))
                     for c in chain[: u.index]]
         u.has_coords = False
         u.coords = self._light(replay_coords).remote(self.manifest.dst, self.options, end_maps)
@@ -343,8 +344,8 @@ class _Stream:
         too, so its coordinates are replayed from stored end maps and its anchors'
         frames read back from their payloads."""
         u.retries += 1
-        self.progress.message(f"retrying {u.row['kind']} {u.row['start']}-{u.row['stop']} of {u.row['uri']}: {error}")
-        key = _chain_key(u.row)
+        self.progress.message(f"retrying {u.plan.describe()}: {error}")
+        key = u.plan.chain_key
         if u.index < self.cursor[key]:
             u.end_map = None  # the scan took it already; the new one is not needed
         if u.index > 0 and u.has_coords:
@@ -353,7 +354,7 @@ class _Stream:
             if seam is not None and seam.state == "done":
                 seam.frames = None
         self._load_committed(self.chains[key])
-        u.pixels, info = self._light(decode_unit).remote(u.row, self.options)
+        u.pixels, info = self._light(decode_unit).remote(u.plan, self.options)
         u.flows, u.state = None, "decoding"
         self._wait(info, "decoded", u)
 
@@ -372,7 +373,7 @@ class _Stream:
         self.cursor[key] = k
 
     def _anchors(self, u: _Unit) -> list[_Unit | None]:
-        return [self.units.get(u.row[k]) for k in ("start_anchor", "end_anchor")]
+        return [self.units.get(u.plan.start_anchor), self.units.get(u.plan.end_anchor)]
 
     def _ready_to_sample(self, u: _Unit) -> bool:
         return (u.state == "flowed" and u.has_coords
@@ -382,15 +383,15 @@ class _Stream:
         """`u` is done or failed; the video is finished with its last unit. Frees what
         only `u` needed, and its coordinates and a seam's frames once nothing else does."""
         u.state, u.pixels, u.flows = state, None, None
-        key = _chain_key(u.row)
+        key = u.plan.chain_key
         if u.index < self.cursor[key] or u.index == len(self.chains[key]) - 1:  # the next unit's coords are submitted
             u.coords = None
-        if u.row["kind"] == "clip":
+        if u.plan.kind == "clip":
             u.frames = None
             for seam in self._anchors(u):
-                if seam is not None and all(c.state in ("done", "failed") for c in self.anchored[seam.row["id"]]):
+                if seam is not None and all(c.state in ("done", "failed") for c in self.anchored[seam.plan.id]):
                     seam.frames = None
-        vid = u.row["video_id"]
+        vid = u.plan.video_id
         self.left[vid] -= 1
         if not self.left[vid]:
             self._finish_video(vid)
@@ -401,18 +402,15 @@ class _Stream:
             return
         u.error = error
         if not committed:
-            now = time.time()
-            row = progress_row(u.row, self.attempt, status="failed", frames=0, error=error,
-                               started_at=u.earlier.get("started_at", now), finished_at=now)
-            self.manifest.append_progress([row])
-            telemetry.record(row)
+            commit(self.manifest, unit_row(u.plan, self.attempt, "failed", error=error,
+                                           started_at=u.decoded.started_at if u.decoded else None))
         self._settle(u, "failed")
         self.progress.unit_failed()
-        reason = f"needs unit {u.row['id']} ({u.row['kind']} {u.row['start']}-{u.row['stop']}), which failed: {error}"
-        for clip in self.anchored.get(u.row["id"], []):
+        reason = f"needs unit {u.plan.id} ({u.plan.kind} {u.plan.start}-{u.plan.stop}), which failed: {error}"
+        for clip in self.anchored.get(u.plan.id, []):
             self._fail(clip, "sample: " + reason, coords_broken=False)
         if coords_broken:  # every later unit's noise coordinates in the shot run through this one
-            chain = self.chains[_chain_key(u.row)]
+            chain = self.chains[u.plan.chain_key]
             for other in chain[chain.index(u) + 1 :]:
                 self._fail(other, "coords: " + reason, coords_broken=False)
 
@@ -424,7 +422,7 @@ class _Stream:
             u = self.pending.popleft()
             if u.state != "waiting":  # failed as a dependent before it was opened
                 continue
-            u.pixels, info = self._light(decode_unit).remote(u.row, self.options)
+            u.pixels, info = self._light(decode_unit).remote(u.plan, self.options)
             u.state = "decoding"
             self._wait(info, "decoded", u)
             self.open.append(u)
@@ -450,13 +448,13 @@ class _Stream:
             actor = self.pool.idle.pop(self.pool.idle.index(u.flowed_on) if u.flowed_on in self.pool.idle else 0)
             if u.state == "decoded":
                 u.flowed_on = actor
-                info, u.flows, u.end_map = actor.flows.remote(u.row, u.pixels)
+                info, u.flows, u.end_map = actor.flows.remote(u.plan, u.pixels)
                 u.state = "flowing"
                 self._wait(info, "flowed", u, actor)
             else:
                 start, end = (a.frames if a else None for a in self._anchors(u))
-                row, u.frames = actor.sample.remote(u.row, u.pixels, u.flows, u.coords, start, end, u.earlier,
-                                                    commit_name())
+                row, u.frames = actor.sample.remote(u.plan, u.pixels, u.flows, u.coords, start, end, u.decoded,
+                                                    u.flowed, commit_name())
                 u.state = "sampling"
                 self._wait(row, "sampled", u, actor)
 
@@ -466,17 +464,19 @@ class _Stream:
         failed = [u for u in chain if u.state == "failed"]
         if not failed:
             self.encodes[vid] += 1
-            units = [(u.row["id"], u.checksums.get(u.row["id"])) for u in sorted(chain, key=lambda u: u.row["out_start"])]
+            units = [(u.plan.id, u.checksums.get(u.plan.id)) for u in sorted(chain, key=lambda u: u.plan.out_start)]
             self._wait(self._light(encode_units).remote(video, units, self.manifest.dst, self.options, self.attempt),
                        "encoded", video)
             return
-        reason = f"{len(failed)} of {len(chain)} units failed; first: {failed[0].error}"
-        row = _failed_video_row(vid, video["uri"], reason, self.attempt)
-        self.manifest.append_progress([row])
-        telemetry.record(row)
-        self.summary.videos_failed[video["uri"]] = reason
+        self._video_failed(video, f"{len(failed)} of {len(chain)} units failed; first: {failed[0].error}")
+
+    def _video_failed(self, video: Video, reason: str, committed: bool = False) -> None:
+        """Record that `video` failed (`committed`: its encoder wrote the row)."""
+        if not committed:
+            commit(self.manifest, video_row(video.video_id, video.uri, self.attempt, "failed", error=reason))
+        self.summary.videos_failed[video.uri] = reason
         self.progress.video_failed()
-        self.progress.message(f"failed {video['uri']}: {reason}")
+        self.progress.message(f"failed {video.uri}: {reason}")
 
     def _complete(self, ref, what: str, subject, actor=None, loaded=None) -> None:
         pool = self.pool
@@ -485,7 +485,7 @@ class _Stream:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:  # a worker process died, an actor was lost
-            result = {"error": error_text(what, exc), "status": "failed", "crashed": True}
+            result = _Lost(error_text(what, exc))
             if isinstance(exc, ray.exceptions.RayActorError):  # gone, or restarting: out of the pool
                 gone = subject if what == "actor" else actor
                 pool.actors.remove(gone)
@@ -497,82 +497,79 @@ class _Stream:
                     pool.failed_starts += 1
                     if not pool.started_any and pool.failed_starts >= MAX_FAILED_STARTS:
                         raise WorkerStartError(f"no worker actor could start ({pool.failed_starts} tries); the last "
-                                               f"said: {result['error']}")
+                                               f"said: {result.error}")
                     return
         if actor is not None:
             pool.idle.append(actor)
         if isinstance(subject, _Unit) and subject.state == "failed":  # failed meanwhile, as a dependent
             return
-        lost = isinstance(result, dict) and result.get("crashed")
-        if lost and what == "encoded" and self.encodes[subject["video_id"]] <= MAX_UNIT_RETRIES:
-            self._finish_video(subject["video_id"])  # its encoder's worker or node was lost: encode it again
+        lost = isinstance(result, _Lost)
+        if lost and what == "encoded" and self.encodes[subject.video_id] <= MAX_UNIT_RETRIES:
+            self._finish_video(subject.video_id)  # its encoder's worker or node was lost: encode it again
             return
         if lost and what in ("decoded", "flowed", "sampled", "coords") and subject.retries < MAX_UNIT_RETRIES:
             if what == "coords":
                 subject.retries += 1
                 self._replay_coords(subject)
             else:
-                self._restart(subject, result["error"])
+                self._restart(subject, result.error)
             return
         if what == "actor":
             pool.idle.append(subject)
             pool.started_any = True
         elif what == "loaded":
             subject.loading = False
-            if isinstance(result, dict) or result:  # the task crashed, or a payload is gone or damaged
-                self._redo(subject, result["error"] if isinstance(result, dict) else result)
+            if lost or result:  # the task crashed, or a payload is gone or damaged
+                self._redo(subject, result.error if lost else result)
                 return
             end_map, frames = loaded
-            key = _chain_key(subject.row)
+            key = subject.plan.chain_key
             if subject.index >= self.cursor[key]:  # else the scan went past it meanwhile
                 subject.end_map = end_map
             subject.frames = frames if frames is not None else subject.frames
             self._extend_coords(key)
+        elif lost and what == "encoded":
+            self._video_failed(subject, result.error)
+        elif lost:
+            self._fail(subject, result.error, coords_broken=what != "sampled")
         elif what == "decoded":
-            subject.earlier.update(result)
-            if result["error"]:
-                self._fail(subject, result["error"], coords_broken=True)
+            subject.decoded = result
+            if result.error:
+                self._fail(subject, result.error, coords_broken=True)
             else:
                 subject.state = "decoded"
         elif what == "flowed":
-            subject.earlier.update(seconds_flow=result.get("seconds_flow", 0.0),
-                                   end_map_checksum=result.get("end_map_checksum"),
-                                   fallback_pairs=result.get("fallback_pairs", []))
-            if result["error"]:
-                self._fail(subject, result["error"], coords_broken=True)
+            subject.flowed = result
+            if result.error:
+                self._fail(subject, result.error, coords_broken=True)
             else:
                 subject.state = "flowed"
-                key = _chain_key(subject.row)
+                key = subject.plan.chain_key
                 if subject.index < self.cursor[key]:  # flowed again after a restart: the scan is past it
                     subject.end_map = None
                 self._extend_coords(key)
         elif what == "coords":
-            if isinstance(result, dict):  # the task crashed
-                self._fail(subject, result["error"], coords_broken=True)
-            else:
-                subject.has_coords = True
+            subject.has_coords = True
         elif what == "sampled":
             self.commits += 1
-            if result.get("status") == "done":
+            if result.status == "done":
                 self.summary.units_computed += 1
-                subject.checksums = result["checksums"]
+                subject.checksums = result.checksums
                 self._settle(subject, "done")
-                self.progress.unit_done(int(subject.row["frames"]))
+                self.progress.unit_done(subject.plan.frames)
             else:
-                self._fail(subject, result["error"], coords_broken=False, committed=not result.get("crashed"))
+                self._fail(subject, result.error, coords_broken=False, committed=True)
             if self.commits % COMPACT_EVERY == 0:
                 self.manifest.compact()
         elif what == "encoded":
-            if result["status"] == "redo":  # a unit's payload is gone or damaged: nothing was written
-                self._redo(self.units[result["unit"]], result["error"])
-            elif result["status"] == "done":
-                self.summary.videos_done.append(result["uri"])
+            if isinstance(result, Redo):  # a unit's payload is gone or damaged: nothing was written
+                self._redo(self.units[result.unit_id], result.error)
+            elif result.status == "done":
+                self.summary.videos_done.append(result.uri)
                 self.progress.video_done()
-                self.progress.message(f"done {result['uri']} -> {subject['output']}")
+                self.progress.message(f"done {result.uri} -> {subject.output}")
             else:
-                self.summary.videos_failed[result["uri"]] = result["error"]
-                self.progress.video_failed()
-                self.progress.message(f"failed {result['uri']}: {result['error']}")
+                self._video_failed(subject, result.error, committed=True)
 
     def run(self) -> None:
         while True:
@@ -688,13 +685,7 @@ def _init_ray(config: RunConfig, address: str | None, verbose: bool, credentials
         signal.signal(signal.SIGTERM, before if callable(before) else signal.getsignal(signal.SIGTERM))
 
 
-def _failed_video_row(vid: str, uri: str, error: str, attempt: int) -> dict:
-    now = time.time()
-    return {"id": vid, "video_id": vid, "uri": uri, "kind": "video", "status": "failed", "attempt": attempt,
-            "error": error, "started_at": now, "finished_at": now, "frames": 0}
-
-
-def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, storage_options) -> dict[str, object]:
+def _find_shots(videos: list[Video], manifest: Manifest, config: RunConfig, storage_options) -> dict[str, object]:
     """{video_id: its shots [(start, stop, content)], or an error string}: read back from
     the manifest where a previous run scanned the video, else scanned now, every span of
     every video at once."""
@@ -707,38 +698,37 @@ def _find_shots(videos: list[dict], manifest: Manifest, config: RunConfig, stora
         known.setdefault(r["video_id"], []).append((r["start"], r["stop"], r["content"]))
     found, scans = {}, {}
     for v in videos:
-        vid = v["video_id"]
-        if vid in known:
-            found[vid] = known[vid]
+        if v.video_id in known:
+            found[v.video_id] = known[v.video_id]
         elif config.shot_threshold == 0:
-            found[vid] = [(0, int(v["frames"]), "")]
+            found[v.video_id] = [(0, v.frames, "")]
         else:
-            scans[vid] = [_scan.options(num_cpus=config.decode_cpus).remote(v["uri"], a, b, config.shot_threshold,
-                                                                             storage_options)
-                          for a, b in rshots.scan_spans(int(v["frames"]))]
+            scans[v.video_id] = [_scan.options(num_cpus=config.decode_cpus).remote(v.uri, a, b, config.shot_threshold,
+                                                                                   storage_options)
+                                 for a, b in rshots.scan_spans(v.frames)]
     for v in videos:
-        if v["video_id"] in scans:
-            spans = ray.get(scans[v["video_id"]])
-            error = next((span["error"] for span in spans if "cuts" not in span), None)
-            found[v["video_id"]] = error or rshots.shots(int(v["frames"]), spans)
+        if v.video_id in scans:
+            spans = ray.get(scans[v.video_id])
+            unusable = next((span.error for span in spans if isinstance(span, Unusable)), None)
+            found[v.video_id] = unusable or rshots.shots(v.frames, spans)
     return found
 
 
-def _outputs_lost(videos: list[dict], done: dict[str, dict], storage_options) -> list[tuple[dict, str]]:
+def _outputs_lost(videos: list[Video], done: dict[str, ProgressRow], storage_options) -> list[tuple[Video, str]]:
     """(video, what is wrong) for each video committed as done whose output is gone or is
     not the size its commit recorded (a video can be encoded again from its payloads)."""
 
-    def check(v: dict) -> str:
-        fs, path = filesystem(v["output"], storage_options)
+    def check(v: Video) -> str:
+        fs, path = filesystem(v.output, storage_options)
         try:
             fs.invalidate_cache(path)
             size = fs.info(path)["size"]
         except FileNotFoundError:
-            return f"output {v['output']} is missing"
-        expected = done[v["video_id"]]["output_bytes"]
-        return f"output {v['output']} has {size} bytes, its commit recorded {expected}" if expected not in (None, size) else ""
+            return f"output {v.output} is missing"
+        expected = done[v.video_id].output_bytes
+        return f"output {v.output} has {size} bytes, its commit recorded {expected}" if expected not in (None, size) else ""
 
-    committed = [v for v in videos if v["video_id"] in done]
+    committed = [v for v in videos if v.video_id in done]
     with ThreadPoolExecutor(max_workers=16) as pool:  # one HEAD each: many at once on S3
         return [(v, problem) for v, problem in zip(committed, pool.map(check, committed)) if problem]
 
@@ -751,49 +741,43 @@ def _run(pool: _Pool, lease: Lease, listing: Listing, dst, config, storage_optio
     probed = ray.get([_probe.options(num_cpus=config.decode_cpus).remote(u, storage_options) for u in uris])
     config_hash = config.hash()
     outputs = output_uris(dst, uris)
-    videos, bad = [], []
+    videos, bad = [], []  # bad: (video id, uri, why it cannot be used)
     for p in probed:
-        if "error" in p:
-            bad.append((rplan.video_id(p["uri"], "unreadable", config_hash), p["uri"], p["error"]))
+        if isinstance(p, Unusable):
+            bad.append((rplan.video_id(p.uri, "unreadable", config_hash), p.uri, p.error))
         else:
-            p["video_id"] = rplan.video_id(p["uri"], p["fingerprint"], config_hash)
-            p["output"] = outputs[p["uri"]]
-            videos.append(p)
+            videos.append(dataclasses.replace(p, video_id=rplan.video_id(p.uri, p.fingerprint, config_hash),
+                                              output=outputs[p.uri]))
     lease.check()
     shots = _find_shots(videos, manifest, config, storage_options)
     lease.check()
-    bad += [(v["video_id"], v["uri"], shots[v["video_id"]]) for v in videos if isinstance(shots[v["video_id"]], str)]
-    videos = [v for v in videos if not isinstance(shots[v["video_id"]], str)]
-    units = rplan.plan([{**v, "shots": shots[v["video_id"]]} for v in videos], config)
-    for v in videos:
-        v["shots"] = len(shots[v["video_id"]])
-    manifest.write_table("videos", videos)
-    manifest.write_table("shots", [{"video_id": v["video_id"], "uri": v["uri"], "shot": k, "start": a, "stop": b,
+    bad += [(v.video_id, v.uri, shots[v.video_id]) for v in videos if isinstance(shots[v.video_id], str)]
+    videos = [dataclasses.replace(v, shots=len(shots[v.video_id])) for v in videos
+              if not isinstance(shots[v.video_id], str)]
+    units = [u for v in videos for u in rplan.plan_video(v, shots[v.video_id], config)]
+    manifest.write_table("videos", [v.to_row() for v in videos], schema=Video.schema())
+    manifest.write_table("shots", [{"video_id": v.video_id, "uri": v.uri, "shot": k, "start": a, "stop": b,
                                     "frames": b - a, "content": content}
-                                   for v in videos for k, (a, b, content) in enumerate(shots[v["video_id"]])])
-    manifest.write_table("clips", units)
+                                   for v in videos for k, (a, b, content) in enumerate(shots[v.video_id])])
+    manifest.write_table("clips", [u.to_row() for u in units], schema=Unit.schema())
     manifest.write_table("skipped", [{"uri": uri, "reason": reason} for uri, reason in listing.skipped.items()],
                          schema=SKIPPED_SCHEMA)
     for vid, uri, error in bad:  # a video that cannot be used gets its row now; the others go on
-        row = _failed_video_row(vid, uri, error, attempt)
-        manifest.append_progress([row])
-        telemetry.record(row)
+        commit(manifest, video_row(vid, uri, attempt, "failed", error=error))
         summary.videos_failed[uri] = error
 
     manifest.compact()  # a bounded log for this run's reads
     done = manifest.committed()
     for v, problem in _outputs_lost(videos, done, storage_options):  # written before, gone or changed since
-        row = _failed_video_row(v["video_id"], v["uri"], f"{problem}; encoding it again", attempt)
-        manifest.append_progress([row])
-        telemetry.record(row)
-        del done[v["video_id"]]
-    summary.videos_done += [v["uri"] for v in videos if v["video_id"] in done]
-    summary.units_skipped = sum(u["id"] in done for u in units)
-    progress = Progress(len(videos) + len(bad), len(units), sum(int(u["frames"]) for u in units),
+        commit(manifest, video_row(v.video_id, v.uri, attempt, "failed", error=f"{problem}; encoding it again"))
+        del done[v.video_id]
+    summary.videos_done += [v.uri for v in videos if v.video_id in done]
+    summary.units_skipped = sum(u.id in done for u in units)
+    progress = Progress(len(videos) + len(bad), len(units), sum(u.frames for u in units),
                         done_videos=len(summary.videos_done), done_units=summary.units_skipped,
-                        done_frames=sum(int(u["frames"]) for u in units if u["id"] in done), failed_videos=len(bad),
+                        done_frames=sum(u.frames for u in units if u.id in done), failed_videos=len(bad),
                         quiet=quiet)
-    progress.message(f"{len(videos)} videos, {sum(v['shots'] for v in videos)} shots, {len(units)} units planned "
+    progress.message(f"{len(videos)} videos, {sum(v.shots for v in videos)} shots, {len(units)} units planned "
                      f"({len(bad)} unusable); manifest in {manifest.root}")
     for uri, error in summary.videos_failed.items():
         progress.message(f"failed {uri}: {error}")
@@ -803,8 +787,8 @@ def _run(pool: _Pool, lease: Lease, listing: Listing, dst, config, storage_optio
         progress.message(f"... and {len(listing.skipped) - SKIPPED_SHOWN} more files not taken "
                          f"(all in {manifest.uri('skipped.parquet')})")
     for v in videos:
-        if v["not_copied"]:
-            progress.message(f"{v['uri']}: not copied to the output: {v['not_copied']}")
+        if v.not_copied:
+            progress.message(f"{v.uri}: not copied to the output: {v.not_copied}")
     progress.show(force=True)
     try:
         _Stream(videos, units, done, pool, lease, manifest, config, storage_options, attempt, summary, progress).run()

@@ -22,6 +22,7 @@ before it (the cut at a span's first frame is a difference with that frame).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
@@ -32,6 +33,17 @@ from raywarp.pipeline.source import filesystem
 
 SCAN_SPAN = 2400  # frames per scan task
 SCAN_WIDTH = 256  # detection width in pixels (PySceneDetect's own default downscale target)
+
+
+@dataclass(frozen=True)
+class ScannedSpan:
+    """What the scan of a span found. cuts: the first frames of shots that start in the
+    span (frame 0 included); digests: {frame: `frame_digest`} of those frames, the frames
+    before them and the span's last frame; error: why the scan ended early ('' if not)."""
+
+    cuts: list[int] = field(default_factory=list)
+    digests: dict[int, str] = field(default_factory=dict)
+    error: str = ""
 
 
 def scan_spans(frames: int) -> list[tuple[int, int]]:
@@ -50,12 +62,10 @@ def frame_digest(frame) -> str:
     return hashlib.sha256(to_rgb(frame).tobytes()).hexdigest()
 
 
-def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None = None) -> dict:
-    """Cuts and shot digests in frames [start, stop) of a video.
+def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options: dict | None = None) -> ScannedSpan:
+    """Cuts and shot digests in frames [start, stop) of a video (see `ScannedSpan`).
 
-    Returns {'cuts': first frames of shots that start in the span (frame 0 included),
-    'digests': {frame: `frame_digest`} of those frames, the frames before them and the
-    span's last frame, 'error': ''}. A variable frame rate raises
+    A variable frame rate raises
     VideoError (the video cannot be planned); a decode failure part way ends the scan
     with the cuts found so far and the error (the units past it fail when decoded).
     """
@@ -82,10 +92,10 @@ def scan_span(uri: str, start: int, stop: int, threshold: float, storage_options
         except av.FFmpegError as exc:
             where = f"after frame {reached}" if reached is not None else f"at frame {max(start - 1, 0)}"
             error = f"{uri}: corrupt data {where} ({exc})"
-    return {"cuts": cuts, "digests": digests, "error": error}
+    return ScannedSpan(cuts, digests, error)
 
 
-def shots(frames: int, spans: list[dict]) -> list[tuple[int, int, str]]:
+def shots(frames: int, spans: list[ScannedSpan]) -> list[tuple[int, int, str]]:
     """(start, stop, content digest) of every shot of a video of `frames` frames, from
     the `scan_span` results of its spans in order. The content digest covers the shot's
     first and last frames and its length.
@@ -95,8 +105,8 @@ def shots(frames: int, spans: list[dict]) -> list[tuple[int, int, str]]:
     """
     cuts, digests = [], {}
     for span in spans:
-        cuts += span["cuts"]
-        digests.update(span["digests"])
+        cuts += span.cuts
+        digests.update(span.digests)
     if not cuts or cuts[0] != 0:
         cuts.insert(0, 0)
     bounds = cuts + [frames]

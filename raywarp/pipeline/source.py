@@ -11,6 +11,8 @@ import av
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raywarp.pipeline.records import Video
+
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "avi", "webm", "m4v", "mpg", "mpeg", "ts", "wmv", "flv"})
 LIST_EXTENSIONS = frozenset({"txt", "lst", "list"})
 AUDIO_EXTENSIONS = frozenset({"m4a", "mp3", "wav", "flac", "aac", "ogg", "oga", "opus", "wma", "aif", "aiff"})
@@ -170,15 +172,12 @@ def _duration_s(container, stream, frames: int, fps: Fraction) -> float:
     return float(frames / fps)
 
 
-def probe(uri: str, storage_options: dict | None = None) -> dict:
+def probe(uri: str, storage_options: dict | None = None) -> Video:
     """Read a video's header (and, when the container has no frame count, its packets).
 
     Reads through an fsspec file object, so S3 objects are range-read, not downloaded.
-    Decodes exactly one frame to check the video is usable. Returns a dict with keys
-    uri, size_bytes, fingerprint, width, height (as displayed: rotation applied),
-    fps_num, fps_den, fps, frames, duration_s, codec, pix_fmt, rotation, has_audio,
-    not_copied (the streams the output drops, see `_not_copied`). Raises VideoError
-    naming the problem.
+    Decodes exactly one frame to check the video is usable. Returns its `Video`
+    (`not_copied`: see `_not_copied`). Raises VideoError naming the problem.
     """
     fs, path = filesystem(uri, storage_options)
     info = fs.info(path)
@@ -217,20 +216,20 @@ def probe(uri: str, storage_options: dict | None = None) -> dict:
                 raise VideoError(uri, "unknown frame rate")
             rotation = _rotation(stream, first)
             width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
-            return {
-                "uri": uri,
-                "size_bytes": info["size"],
-                "fingerprint": _fingerprint(info),
-                "width": width,
-                "height": height,
-                "fps_num": fps.numerator,
-                "fps_den": fps.denominator,
-                "fps": float(fps),
-                "frames": int(frames),
-                "duration_s": _duration_s(container, stream, frames, fps),
-                "codec": stream.codec_context.name,
-                "pix_fmt": first.format.name,
-                "rotation": rotation,
-                "has_audio": bool(container.streams.audio),
-                "not_copied": _not_copied(container),
-            }
+            return Video(
+                uri=uri,
+                size_bytes=info["size"],
+                fingerprint=_fingerprint(info),
+                width=width,
+                height=height,
+                fps_num=fps.numerator,
+                fps_den=fps.denominator,
+                fps=float(fps),
+                frames=int(frames),
+                duration_s=_duration_s(container, stream, frames, fps),
+                codec=stream.codec_context.name,
+                pix_fmt=first.format.name,
+                rotation=rotation,
+                has_audio=bool(container.streams.audio),
+                not_copied=_not_copied(container),
+            )

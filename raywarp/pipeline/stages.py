@@ -10,7 +10,8 @@
     encode_units     CPU task: a finished video's frames, from the payloads, to H.264
 
 Plain functions and a plain class: the driver (`raywarp.pipeline.run`) runs them as
-Ray tasks and actors wired by ObjectRefs, the benchmark's plain loop calls them in order. Arrays stay in Ray's
+Ray tasks and actors wired by ObjectRefs, the benchmark's plain loop calls them in order.
+They take and return the typed records of `raywarp.pipeline.records`. Arrays stay in Ray's
 object store between stages; what is written to the manifest is what resume needs:
 each unit's end map (`endmap/<id>`), its restored frames (`<id>`), and the commit row,
 last, which records both payloads' checksums: every read of a committed payload checks
@@ -23,9 +24,7 @@ manifest row. Each committed row is also counted in the run's Ray metrics
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import socket
 import time
 import traceback
@@ -46,6 +45,7 @@ from raywarp.pipeline.config import RunConfig
 from raywarp.pipeline.decode import decode_span
 from raywarp.pipeline.encode import encode_video as encode_frames
 from raywarp.pipeline.manifest import Manifest, PayloadError
+from raywarp.pipeline.records import Decoded, Flowed, ProgressRow, Redo, Unit, Video, unit_row, video_row
 from raywarp.sampler import chain_coords
 from raywarp.tensors import frames_to_tensor
 
@@ -63,27 +63,22 @@ def error_text(stage: str, exc: BaseException) -> str:
     return f"{stage}: {type(exc).__name__}: {exc}{at}"
 
 
-def progress_row(unit: dict, attempt: int, **fields) -> dict:
-    """A progress record for `unit`; `fields` fill in the outcome."""
-    return {"id": unit["id"], "video_id": unit["video_id"], "uri": unit["uri"], "kind": unit["kind"],
-            "attempt": attempt, "node": socket.gethostname(), **fields}
+def commit(manifest: Manifest, row: ProgressRow, name: str | None = None) -> None:
+    """Commit `row` to the progress log (`name`: create-once, see `Manifest.append_progress`)
+    and count it in the run's metrics."""
+    manifest.append_progress([row], name=name)
+    telemetry.record(row)
 
 
-def decode_unit(unit: dict, storage_options: dict | None) -> tuple[np.ndarray, dict]:
-    """(frames [start, stop) of the unit's video, upright, {'started_at', 'seconds_decode', 'error'})."""
+def decode_unit(unit: Unit, storage_options: dict | None) -> tuple[np.ndarray, Decoded]:
+    """(frames [start, stop) of the unit's video, upright; what the decode reports)."""
     started, t0 = time.time(), time.perf_counter()
     try:
-        pixels = decode_span(unit["uri"], int(unit["start"]), int(unit["stop"]), storage_options,
-                             rotation=int(unit["rotation"]))
+        pixels = decode_span(unit.uri, unit.start, unit.stop, storage_options, rotation=unit.rotation)
         error = ""
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, never lost
         pixels, error = EMPTY, error_text("decode", exc)
-    return pixels, {"started_at": started, "seconds_decode": time.perf_counter() - t0, "error": error}
-
-
-def unit_checksums(row: dict) -> dict:
-    """{payload key: sha256} a commit row recorded ({} for rows that predate checksums)."""
-    return json.loads(row.get("checksums") or "{}")
+    return pixels, Decoded(started, time.perf_counter() - t0, error)
 
 
 def load_unit(dst: str, storage_options: dict | None, unit_id: str, checksums: dict,
@@ -156,90 +151,80 @@ class UnitWorker:
     def ready(self) -> str:
         return f"{socket.gethostname()}:{self.device}"
 
-    def _measure(self, unit: dict, pixels: np.ndarray) -> rclip.Measurement:
-        return rclip.measure(pixels, self.config, int(unit["start"]), int(unit["video_frames"]), self.geometry)
+    def _measure(self, unit: Unit, pixels: np.ndarray) -> rclip.Measurement:
+        return rclip.measure(pixels, self.config, unit.start, unit.video_frames, self.geometry)
 
     @ray.method(num_returns=3)
-    def flows(self, unit: dict, pixels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({'seconds_flow', 'end_map_checksum', 'fallback_pairs', 'error'}, flows (2, T−1,
-        2, h, w) float32 fwd/bwd, end map (2, h, w)). fallback_pairs: the video frames t
-        whose pair (t, t+1) has no flow (`raywarp.flow.linked`), restored uncoupled."""
+    def flows(self, unit: Unit, pixels: np.ndarray) -> tuple[Flowed, np.ndarray, np.ndarray]:
+        """(what the flows report, flows (2, T−1, 2, h, w) float32 fwd/bwd, end map (2, h, w))."""
         t0 = time.perf_counter()
         try:
             m = self._measure(unit, pixels)
             with torch.no_grad():
                 fwd, bwd = (f.cpu() for f in rclip.flows(m, self.config, self.device))
             unlinked = (~(rflow.linked(fwd) & rflow.linked(bwd))).nonzero().flatten().tolist()
-            chain = chain_coords(bwd.double(), *m.grid, first_index=int(unit["start"]) - int(unit["shot_start"]))
+            chain = chain_coords(bwd.double(), *m.grid, first_index=unit.shot_index)
             end = rclip.end_map(bwd, m.grid, chain)
-            _, end_map_checksum = self.manifest.put_arrays(end_map_key(unit["id"]), end_map=end)
-            self.prepared[unit["id"]] = Prepared(m, chain)
+            _, end_map_checksum = self.manifest.put_arrays(end_map_key(unit.id), end_map=end)
+            self.prepared[unit.id] = Prepared(m, chain)
             while len(self.prepared) > self.KEPT:
                 self.prepared.popitem(last=False)
             flows = torch.stack((fwd, bwd)).numpy()
-            return {"seconds_flow": time.perf_counter() - t0, "end_map_checksum": end_map_checksum, "error": "",
-                    "fallback_pairs": [int(unit["start"]) + i for i in unlinked]}, flows, end
+            return Flowed(time.perf_counter() - t0, end_map_checksum, tuple(unit.start + i for i in unlinked)), flows, end
         except Exception as exc:  # noqa: BLE001
-            return {"seconds_flow": time.perf_counter() - t0, "error": error_text("flow", exc)}, EMPTY, EMPTY
+            return Flowed(time.perf_counter() - t0, error=error_text("flow", exc)), EMPTY, EMPTY
 
     @ray.method(num_returns=2)
-    def sample(self, unit: dict, pixels: np.ndarray, flows: np.ndarray, first_coords: np.ndarray | None,
-               start_anchor: np.ndarray | None, end_anchor: np.ndarray | None, earlier: dict,
-               commit: str) -> tuple[dict, np.ndarray]:
+    def sample(self, unit: Unit, pixels: np.ndarray, flows: np.ndarray, first_coords: np.ndarray | None,
+               start_anchor: np.ndarray | None, end_anchor: np.ndarray | None, decoded: Decoded, flowed: Flowed,
+               commit_as: str) -> tuple[ProgressRow, np.ndarray]:
         """Restore the unit; payload first, commit row last. Returns (the row, its frames).
 
         start_anchor / end_anchor: the neighbouring seams' frames (T, H, W, 3); the clip's
         first frame is the previous seam's last, its last frame the next seam's first.
-        earlier: what the decode and flow stages reported ('started_at', 'seconds_decode',
-        'seconds_flow', 'end_map_checksum', 'fallback_pairs'). commit: the commit's name, one per dispatch,
-        so a retry of this call after a crash does not commit the unit twice.
+        decoded, flowed: what the unit's earlier stages reported. commit_as: the commit's
+        name, one per dispatch, so a retry of this call after a crash does not commit the
+        unit twice.
         """
         t0 = t_sampled = time.perf_counter()
         error, output, metrics, frames, checksums = "", "", {}, EMPTY, {}
         try:
-            prepared = self.prepared.pop(unit["id"], None)
+            prepared = self.prepared.pop(unit.id, None)
             m = prepared.measurement if prepared is not None else self._measure(unit, pixels)
-            start = int(unit["start"])
             fwd, bwd = torch.tensor(flows)  # a copy: the object store's is read-only
             restored = rclip.restore(
-                self.denoiser, m, fwd, bwd, self.config, int(unit["seed"]), start - int(unit["shot_start"]),
-                first_coords, start_anchor[-1] if start_anchor is not None else None,
+                self.denoiser, m, fwd, bwd, self.config, unit.seed, unit.shot_index, first_coords,
+                start_anchor[-1] if start_anchor is not None else None,
                 end_anchor[0] if end_anchor is not None else None, device=self.device,
                 chain=prepared.chain if prepared is not None else None,
             )
             t_sampled = time.perf_counter()
-            frames = restored[int(unit["out_start"]) - start : int(unit["out_stop"]) - start]
-            output, checksums[unit["id"]] = self.manifest.put_arrays(unit["id"], frames=frames)
-            checksums[end_map_key(unit["id"])] = earlier["end_map_checksum"]
+            frames = restored[unit.out_start - unit.start : unit.out_stop - unit.start]
+            output, checksums[unit.id] = self.manifest.put_arrays(unit.id, frames=frames)
+            checksums[end_map_key(unit.id)] = flowed.end_map_checksum
             metrics = {"measurement_error": m.op.measurement_error(frames_to_tensor(restored), m.y),
-                       "fallback_pairs": earlier.get("fallback_pairs", [])}
+                       "fallback_pairs": list(flowed.fallback_pairs)}
         except Exception as exc:  # noqa: BLE001
             error = error_text("sample", exc)
-        row = progress_row(
-            unit, self.attempt, status="failed" if error else "done", frames=0 if error else int(unit["frames"]),
-            started_at=earlier["started_at"], finished_at=time.time(), seconds_decode=earlier["seconds_decode"],
-            seconds_flow=earlier["seconds_flow"], seconds_sample=t_sampled - t0,
-            seconds_write=time.perf_counter() - t_sampled if output else 0.0, metrics=metrics, error=error, output=output,
-            checksums=checksums,
-        )
-        self.manifest.append_progress([row], name=commit)  # the commit record, after the payload
-        telemetry.record(row)
-        return row, frames if unit["kind"] == "seam" else EMPTY  # a seam's frames anchor its clips
+        row = unit_row(unit, self.attempt, "failed" if error else "done", started_at=decoded.started_at,
+                       **({} if error else {"frames": unit.frames}), seconds_decode=decoded.seconds,
+                       seconds_flow=flowed.seconds, seconds_sample=t_sampled - t0,
+                       seconds_write=time.perf_counter() - t_sampled if output else 0.0, metrics=metrics, error=error,
+                       output=output, checksums=checksums)
+        commit(self.manifest, row, name=commit_as)  # the commit record, after the payload
+        return row, frames if unit.kind == "seam" else EMPTY  # a seam's frames anchor its clips
 
 
-def encode_units(video: dict, units: list[tuple[str, str | None]], dst: str, storage_options: dict | None,
-                 attempt: int) -> dict:
+def encode_units(video: Video, units: list[tuple[str, str | None]], dst: str, storage_options: dict | None,
+                 attempt: int) -> ProgressRow | Redo:
     """Assemble the video from its units' payloads (`units`: (id, frames checksum) in
-    output order) and encode it to `video['output']`; commits the video's row. Streams
+    output order) and encode it to `video.output`; commits the video's row. Streams
     unit by unit: a film's frames never sit in memory at once.
 
     A payload that is gone or damaged stops the encode before anything is written to the
-    output, and commits nothing: the result {'status': 'redo', 'unit', 'error'} tells
-    the driver which unit to recompute."""
+    output, and commits nothing: the `Redo` tells the driver which unit to recompute."""
     manifest = Manifest(dst, storage_options)
     started = time.time()
-    row = {"id": video["video_id"], "video_id": video["video_id"], "uri": video["uri"], "kind": "video",
-           "attempt": attempt, "node": os.uname().nodename, "started_at": started}
     reading = {}
 
     def frames():
@@ -248,18 +233,17 @@ def encode_units(video: dict, units: list[tuple[str, str | None]], dst: str, sto
             yield from manifest.get_arrays(uid, expected)["frames"]
 
     try:
-        encoded = encode_frames(frames(), video["output"], Fraction(int(video["fps_num"]), int(video["fps_den"])),
-                                storage_options, audio_source=video["uri"] if video.get("has_audio") else None)
-        if encoded.frames != int(video["frames"]):
-            raise RuntimeError(f"assembled {encoded.frames} frames, the source has {video['frames']}")
-        row.update(status="done", frames=encoded.frames, output=video["output"], error="",
-                   checksums={video["output"]: encoded.sha256}, output_bytes=encoded.bytes)
+        encoded = encode_frames(frames(), video.output, Fraction(video.fps_num, video.fps_den), storage_options,
+                                audio_source=video.uri if video.has_audio else None)
+        if encoded.frames != video.frames:
+            raise RuntimeError(f"assembled {encoded.frames} frames, the source has {video.frames}")
+        outcome = {"status": "done", "frames": encoded.frames, "output": video.output, "error": "",
+                   "checksums": {video.output: encoded.sha256}, "output_bytes": encoded.bytes}
     except PayloadError as exc:
-        return {"status": "redo", "unit": reading["unit"], "uri": video["uri"], "error": str(exc)}
+        return Redo(reading["unit"], str(exc))
     except Exception as exc:  # noqa: BLE001
-        row.update(status="failed", frames=0, output="", error=error_text("encode", exc))
-    row["finished_at"] = time.time()
-    row["seconds_write"] = row["finished_at"] - started
-    manifest.append_progress([row])
-    telemetry.record(row)
+        outcome = {"status": "failed", "output": "", "error": error_text("encode", exc)}
+    row = video_row(video.video_id, video.uri, attempt, started_at=started, seconds_write=time.time() - started,
+                    **outcome)
+    commit(manifest, row)
     return row

@@ -1,6 +1,6 @@
 """The run's Ray metrics: frames restored, units committed, seconds per stage.
 
-`record(row)` counts one progress row, called right after the row is committed, in the
+`record(row)` counts one progress row (a `ProgressRow`), called right after the row is committed, in the
 process that commits it: a worker actor (a unit's row), an encode task (a video's), the
 driver (the failed rows it writes itself). So the metrics count what the manifest holds,
 commit for commit, and every node's Ray metrics agent serves them on its Prometheus
@@ -23,6 +23,8 @@ import functools
 from typing import NamedTuple
 
 from ray.util.metrics import Counter, Histogram
+
+from raywarp.pipeline.records import ProgressRow
 
 STAGES = ("decode", "flow", "sample", "write")  # a progress row's seconds_<stage> fields
 # From a tiny unit's tens of milliseconds to a film's encode. Ray exports the _sum from
@@ -49,16 +51,16 @@ def metrics() -> Metrics:
     )
 
 
-def record(row: dict) -> None:
+def record(row: ProgressRow) -> None:
     """Count a committed progress row: the row, a done unit's frames, a done row's stage
     seconds (a failed row's are those of a partial attempt, which would blur them)."""
-    m, kind = metrics(), row["kind"]
-    m.units.inc(tags={"kind": kind, "status": row["status"]})
-    if row["status"] != "done":
+    m = metrics()
+    m.units.inc(tags={"kind": row.kind, "status": row.status})
+    if row.status != "done":
         return
-    if kind != "video" and row.get("frames"):
-        m.frames_restored.inc(int(row["frames"]), tags={"kind": kind})
+    if row.kind != "video" and row.frames:
+        m.frames_restored.inc(row.frames, tags={"kind": row.kind})
     for stage in STAGES:
-        seconds = row.get(f"seconds_{stage}")
+        seconds = getattr(row, f"seconds_{stage}")
         if seconds is not None:
-            m.stage_seconds.observe(float(seconds), tags={"stage": stage, "kind": kind})
+            m.stage_seconds.observe(float(seconds), tags={"stage": stage, "kind": row.kind})
