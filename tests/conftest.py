@@ -65,18 +65,40 @@ def dst(request, tmp_path):
     return f"s3://{bucket}/out", options
 
 
+@pytest.fixture(scope="session")
+def ray_session():
+    """Shuts down at the end of the session whatever Ray `local_ray` left running."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray for a module's pipeline runs, set up as an embedded run sets up its own."""
+def local_ray(ray_session):
+    """A local Ray for a module's pipeline runs, set up as an embedded run sets up its own.
+
+    One serves the session where modules allow: it is started if none is running and left
+    running for the next module. A module that needs a Ray of its own (a cluster, metrics
+    on a port) shuts it down first (`own_ray`)."""
     import ray
 
     from raywarp.pipeline.config import RunConfig
     from raywarp.pipeline.run import local_system_config
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config=local_system_config(RunConfig(max_actors=1)))
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _system_config=local_system_config(RunConfig(max_actors=1)))
     yield
-    ray.shutdown()
+
+
+def own_ray() -> None:
+    """Shut down the session's Ray (`local_ray`), for a module that starts its own."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

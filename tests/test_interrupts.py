@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from raywarp.pipeline.manifest import Manifest
 from test_pipeline import ROOT, write_video
@@ -82,6 +83,7 @@ def stop(proc: subprocess.Popen, how: str) -> tuple[int, str]:
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_a_run_stopped_three_ways_resumes_each_time_and_ends_as_a_clean_run(tiny_model, tmp_path):
     """Ctrl-C, then SIGTERM, then SIGKILL, each part way through a run: every stop takes
     seconds, leaves no process, says (for the first two) in one line how to resume; every

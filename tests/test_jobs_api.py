@@ -200,6 +200,7 @@ def runtime_env() -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_restore_job_through_the_jobs_api(ray_head, archive, tiny_model, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 

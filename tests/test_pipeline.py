@@ -206,6 +206,7 @@ def test_s3_in_and_out(s3_bucket, tmp_path, tiny_model):
     assert Manifest(f"s3://{bucket}/out", options).status()["videos_done"] == 1
 
 
+@pytest.mark.slow
 def test_the_command_line_shows_progress_and_nothing_of_rays_own_output(tiny_model, tmp_path):
     """A user's terminal gets the plan, one progress display and the outcome; Ray's logs
     (and its auth-token notice) stay in the session folder the summary names."""
@@ -297,6 +298,7 @@ def test_a_rotated_video_is_restored_as_it_is_displayed(film_run):
     assert np.abs(down - upright).mean() < 0.05
 
 
+@pytest.mark.slow
 def test_seams_are_as_consistent_as_interiors(tmp_path):
     """Warping error across clip boundaries at most 1.1x the interior median (shipped prior).
 

@@ -36,6 +36,7 @@ def files_under(folder: Path):
             yield path
 
 
+@pytest.mark.slow
 def test_a_run_on_s3_leaves_its_credentials_nowhere(s3_bucket, tiny_model, tmp_path):
     bucket, options = s3_bucket
     endpoint = options["client_kwargs"]["endpoint_url"]

@@ -18,7 +18,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+from conftest import free_port, own_ray
 from raywarp.pipeline import telemetry
 from raywarp.pipeline.manifest import Manifest
 from raywarp.pipeline.run import local_system_config, run
@@ -33,6 +33,7 @@ def metrics_port():
     """A local Ray exporting metrics on a free port, reported every second (not every 10 s).
     The metrics agent runs without the dashboard."""
     port = free_port()
+    own_ray()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
              _system_config={**local_system_config(small_config("default")), "metrics_report_interval_ms": 1000})
     yield port

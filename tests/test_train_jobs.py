@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import own_ray
 from raywarp.densify.network import DEFAULT_WEIGHTS, load_densifier
 from raywarp.models import load_denoiser
 
@@ -24,6 +25,7 @@ def job(name):
 def local_ray(tmp_path_factory):
     import ray
 
+    own_ray()
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield
     ray.shutdown()

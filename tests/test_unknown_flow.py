@@ -88,6 +88,7 @@ def random_config(rng: np.random.Generator, model: str) -> RunConfig:
     return RunConfig(task="inpaint", mask=f"rect:{x0:.4f},{y0:.4f},{x0 + w:.4f},{y0 + h:.4f}", **common)
 
 
+@pytest.mark.slow
 def test_random_tiny_clips_are_restored_never_failed(micro_model, tmp_path):
     rng = np.random.default_rng(2026)
     worker = UnitWorker(RunConfig(model=micro_model).to_dict(), str(tmp_path), None, attempt=1)
