@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from raywarp.pipeline.manifest import Manifest
-from test_pipeline import ROOT, write_video
+from raywarp.pipeline.run import run
+from test_pipeline import ROOT, small_config, write_video
 
 STOP_SECONDS = 20  # from the signal to the process gone, Ray shut down included
 
@@ -84,7 +85,7 @@ def stop(proc: subprocess.Popen, how: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_a_run_stopped_three_ways_resumes_each_time_and_ends_as_a_clean_run(tiny_model, tmp_path):
+def test_a_run_stopped_three_ways_resumes_each_time_and_ends_as_a_clean_run(tiny_model, tmp_path, local_ray):
     """Ctrl-C, then SIGTERM, then SIGKILL, each part way through a run: every stop takes
     seconds, leaves no process, says (for the first two) in one line how to resume; every
     rerun recomputes nothing committed before it; the last finishes the job, and its
@@ -126,6 +127,6 @@ def test_a_run_stopped_three_ways_resumes_each_time_and_ends_as_a_clean_run(tiny
     logs = done.stdout.splitlines()[-1].removeprefix("Ray's logs: ")
     assert Path(logs).is_dir() and any(Path(logs).glob("raylet*")), done.stdout
 
-    clean = tmp_path / "clean"
-    assert subprocess.run(command(clean), cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    clean = tmp_path / "clean"  # in this process, on the session's Ray: the same config as `command`'s
+    assert run(str(src), str(clean), small_config(tiny_model, steps=4), quiet=True).ok
     assert (dst / "a.mp4").read_bytes() == (clean / "a.mp4").read_bytes()
