@@ -167,22 +167,24 @@ class ProgressRow(Record):
         return (self.checksums or {}).get(key)
 
 
-def unit_row(unit: Unit, attempt: int, status: str, started_at: float | None = None, **outcome) -> ProgressRow:
-    """The progress row of an attempt of `unit`; `outcome` fills in the rest. A failed row
-    restores no frames."""
+def _attempt(id: str, kind: str, video_id: str, uri: str, attempt: int, status: str, started_at: float | None,
+             outcome: dict) -> ProgressRow:
     now = time.time()
-    return ProgressRow(id=unit.id, kind=unit.kind, status=status, attempt=attempt, video_id=unit.video_id,
-                       uri=unit.uri, node=socket.gethostname(), started_at=now if started_at is None else started_at,
+    return ProgressRow(id=id, kind=kind, status=status, attempt=attempt, video_id=video_id, uri=uri,
+                       node=socket.gethostname(), started_at=now if started_at is None else started_at,
                        finished_at=now, **({"frames": 0} if status == "failed" else {}), **outcome)
+
+
+def unit_row(unit: Unit, attempt: int, status: str, started_at: float | None = None, **outcome) -> ProgressRow:
+    """The progress row of an attempt of `unit`, finished now; `outcome` fills in the rest.
+    A failed row restores no frames."""
+    return _attempt(unit.id, unit.kind, unit.video_id, unit.uri, attempt, status, started_at, outcome)
 
 
 def video_row(video_id: str, uri: str, attempt: int, status: str, started_at: float | None = None,
               **outcome) -> ProgressRow:
-    """The progress row of an attempt of a video (its encode, or why it failed)."""
-    now = time.time()
-    return ProgressRow(id=video_id, kind="video", status=status, attempt=attempt, video_id=video_id, uri=uri,
-                       node=socket.gethostname(), started_at=now if started_at is None else started_at,
-                       finished_at=now, **({"frames": 0} if status == "failed" else {}), **outcome)
+    """The progress row of an attempt of a video (its encode, or why it failed), finished now."""
+    return _attempt(video_id, "video", video_id, uri, attempt, status, started_at, outcome)
 
 
 @dataclass(frozen=True)
