@@ -5,7 +5,7 @@
                 [--mode MODE] [--guidance-method x0|gradient] [--clip-len 16] [--overlap 4]
                 [--steps N] [--guidance λ] [--flow-from baseline|input] [--flow-method dis|farneback]
                 [--densify-method neuroexplicit|eed|laplace]
-                [--shot-threshold 27] [--precision fp32|bf16|fp16] [--compile]
+                [--shot-threshold 27] [--tile N] [--tile-overlap M] [--precision fp32|bf16|fp16] [--compile]
                 [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--decode-cpus F] [--min-actors N]
                 [--max-actors N]
     raywarp status DST [--json] [--watch [SECONDS]]
@@ -80,6 +80,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shot-threshold", type=float, default=defaults.shot_threshold,
                    help="cut detection: mean HSV change between frames that starts a new shot (PySceneDetect's "
                         "ContentDetector); 0: no detection, every video is one shot")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tiled denoising: tiles of at most N×N output pixels (0: whole frames); default: the model's "
+                        "(latent models: their native size; the shipped prior: docs/tiling.md)")
+    p.add_argument("--tile-overlap", type=int, default=None,
+                   help="output pixels neighbouring tiles share, blended (default: 1/8 of the tile)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
                    help="the denoiser's arithmetic on a GPU (its weights cast to it); CPUs always run fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser on GPU actors (compiles on first use)")
@@ -117,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
                      flow_method=args.flow_method, densify_method=args.densify_method, shot_threshold=args.shot_threshold,
-                     precision=args.precision, compile=args.compile, gpus_per_actor=args.gpus_per_actor,
+                     precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap, compile=args.compile, gpus_per_actor=args.gpus_per_actor,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, min_actors=args.min_actors,
                      max_actors=args.max_actors)
 
@@ -140,7 +145,8 @@ def run_command(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         config = config_from_args(args)
-        load_denoiser(config.model)  # fail fast on a bad model, before any cluster work
+        # Fail fast on a bad model or a tile it cannot take, before any cluster work.
+        load_denoiser(config.model).enable_tiling(config.tile, config.tile_overlap)
         summary = run(args.src, args.out, config, storage_options_from_args(args), address=args.address,
                       verbose=args.verbose)
     except (ValueError, FileNotFoundError, ModelNotFoundError, ConfigMismatchError, WorkerStartError, LeaseHeldError,

@@ -1,5 +1,5 @@
-"""Quality metrics: flow accuracy (EPE), image fidelity (PSNR, SSIM) and
-temporal consistency (warping error of Lai et al. 2018).
+"""Quality metrics: flow accuracy (EPE), image fidelity (PSNR, SSIM),
+temporal consistency (warping error of Lai et al. 2018) and seams along given lines.
 
 All functions take torch tensors or numpy arrays shaped (B, C, H, W) (or
 (C, H, W)); results come back as torch tensors, or as numpy when the first
@@ -186,3 +186,16 @@ def warping_error(frames, flows_fwd, flows_bwd):
     if isinstance(per, np.ndarray):
         return float(per.mean())
     return per.mean()
+
+
+def boundary_gradient(frames, rows, cols) -> float:
+    """Mean absolute step across the given lines of frames (T, C, H, W): across row line r
+    between rows r − 1 and r, across column line c between columns c − 1 and c; the
+    figure a seam along those lines raises (compare it with the same lines of an output
+    without the seams)."""
+    x = as_batch(frames, "frames")
+    steps = [(x[..., r, :] - x[..., r - 1, :]).abs().mean() for r in rows]
+    steps += [(x[..., c] - x[..., c - 1]).abs().mean() for c in cols]
+    if not steps:
+        raise ValueError("rows, cols: no line to measure across")
+    return float(torch.stack(steps).mean())

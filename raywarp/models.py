@@ -11,6 +11,8 @@ This module owns everything that depends on which network is used. The sampler
 * `condition(y, operator_info)`: everything the network needs besides u and t, built
   once per frame batch; `predict_x0(u, t, cond)`: the network's clean estimate in
   u-space, differentiable w.r.t. u (for self-guidance / DPS).
+* `enable_tiling(tile, overlap)`: predict_x0 then runs the network on overlapping tiles
+  of u and blends them (`raywarp.tiles`); latent models tile their VAE too.
 
 Adapters: `PixelDenoiser` (diffusers `UNet2DModel`, unconditional or conditioned on
 the classical restoration and the mask - the format of raywarp's own prior) and
@@ -45,6 +47,7 @@ from diffusers import (
     UNet2DModel,
 )
 
+from raywarp import tiles as rtiles
 from raywarp.tensors import PRECISIONS, as_batch, check_same_size
 
 __all__ = [
@@ -75,6 +78,10 @@ _DEFAULT_SCHEDULE = {
     "beta_schedule": "linear",
     "prediction_type": "epsilon",
 }
+
+# (tile, overlap) in pixels of pixel-space models: what measured best for the shipped prior,
+# a convolutional UNet trained on 48² patches (docs/tiling.md).
+PIXEL_TILING = (128, 16)
 
 # Sequence length of the CLIP tokenizers of the SD family; zero text embeddings use it.
 _TEXT_LENGTH = 77
@@ -121,6 +128,9 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.dtype = dtype
+        self.tiling: tuple[int, int] | None = None  # (tile, overlap) in u pixels; None: whole frames
+        self.tile_batch = 1
+        self._layouts: dict[tuple[int, int], rtiles.Layout] = {}
 
     def accelerate(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                    compile_backend: str = "inductor") -> "Denoiser":
@@ -151,6 +161,47 @@ class Denoiser:
         self.unet = cast_module(self.unet, dtype)
         self.unet_call = self.unet
         self.dtype = dtype
+
+    def default_tiling(self) -> tuple[int, int]:
+        """(tile, overlap) in image pixels: the model's native size, overlapping by 1/8 of it."""
+        raise NotImplementedError
+
+    def enable_tiling(self, tile: int | None = None, overlap: int | None = None, batch: int = 1) -> "Denoiser":
+        """Predict x̂0 on tiles of `tile`² image pixels overlapping by `overlap` (`raywarp.tiles`),
+        `batch` crops per network call; tile 0: whole frames; None: `default_tiling()`
+        (an overlap of None: 1/8 of the tile). Returns self.
+
+        The tile is rounded down to the grid the network needs (scale_factor · multiple
+        pixels); a frame that fits in one tile goes through the network whole, as untiled.
+        """
+        self._layouts.clear()
+        self.tiling = None
+        if tile is None:
+            tile, default_overlap = self.default_tiling()
+            overlap = default_overlap if overlap is None else overlap
+        if tile == 0:
+            return self
+        overlap = tile // 8 if overlap is None else overlap
+        s, m = self.scale_factor, self.multiple
+        tile_u, overlap_u = tile // s // m * m, round(overlap / s)
+        if tile_u < m:
+            raise ValueError(f"tile: at least {s * m} px for this model (its grid), got {tile}")
+        if overlap < 0 or 2 * overlap_u > tile_u:
+            raise ValueError(f"tile_overlap: between 0 and half the tile ({tile_u * s // 2} px), got {overlap}")
+        self.tiling, self.tile_batch = (tile_u, overlap_u), max(1, batch)
+        return self
+
+    def _layout(self, height: int, width: int) -> rtiles.Layout:
+        """The tiles of a (height, width) u-grid, their weights on the device (made once per size)."""
+        if (height, width) not in self._layouts:
+            tiles = rtiles.layout(height, width, *self.tiling, multiple=self.multiple)
+            self._layouts[(height, width)] = rtiles.Layout(tiles.boxes, tiles.weights.to(self.device))
+        return self._layouts[(height, width)]
+
+    def crop_condition(self, cond, boxes: list[rtiles.Box]):
+        """The condition of a frame batch cut to `boxes` of u, stacked tile-major (as
+        `raywarp.tiles.blend` asks)."""
+        raise NotImplementedError
 
     @property
     def num_train_timesteps(self) -> int:
@@ -190,7 +241,15 @@ class Denoiser:
         # torch.full, not torch.tensor: a fill on the device, where a copy from the host
         # would wait for the device's queue to drain.
         timestep = torch.full((), t, dtype=torch.long, device=self.device)
-        out = self._network(u, timestep, cond).to(u.dtype)
+        height, width = u.shape[-2:]
+        if self.tiling is None or max(height, width) <= self.tiling[0]:
+            out = self._network(u, timestep, cond).to(u.dtype)
+        else:  # ε, v and x̂0 are affine in the output with u fixed: blending outputs blends x̂0
+            tiles = self._layout(height, width)
+            out = rtiles.blend(
+                lambda boxes: self._network(torch.cat([box.crop(u) for box in boxes]), timestep,
+                                            self.crop_condition(cond, boxes)).to(u.dtype),
+                (u.shape[0], self.channels, height, width), tiles, per_call=max(1, self.tile_batch // u.shape[0]))
         a = float(self.alphas_cumprod[t])
         if self.prediction_type == "epsilon":
             return (u - math.sqrt(1 - a) * out) / math.sqrt(a)
@@ -263,6 +322,12 @@ class PixelDenoiser(Denoiser):
         mask = as_batch(operator_info["mask"], "operator_info['mask']", channels=1)
         check_same_size(baseline=baseline, mask=mask)
         return torch.cat([baseline * 2 - 1, mask], 1).to(self.device, self.dtype)
+
+    def default_tiling(self) -> tuple[int, int]:
+        return PIXEL_TILING
+
+    def crop_condition(self, cond, boxes: list[rtiles.Box]) -> torch.Tensor | None:
+        return None if cond is None else torch.cat([box.crop(cond) for box in boxes])
 
     def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         x = u.to(self.dtype)
@@ -373,13 +438,6 @@ class LatentDenoiser(Denoiser):
         baseline = as_batch(operator_info["baseline"], "operator_info['baseline']", channels=3)
         self._check_divisible(baseline, "operator_info['baseline']")
         b, _, h, w = baseline.shape
-        kwargs: dict[str, Any] = {"encoder_hidden_states": self.prompt_embeds.expand(b, -1, -1)}
-        if self.sdxl:
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": self.pooled_prompt_embeds.expand(b, -1),
-                "time_ids": time_ids.expand(b, -1),
-            }
         extra = None
         if self.variant == "inpaint":
             mask = as_batch(operator_info["mask"], "operator_info['mask']", channels=1)
@@ -401,8 +459,45 @@ class LatentDenoiser(Denoiser):
                     f"got {tuple(low.shape)}"
                 )
             extra = (low * 2 - 1).to(self.device, self.dtype)
+        return {"extra": extra, "kwargs": self._kwargs(b, h, w)}
+
+    def _kwargs(self, b: int, h: int, w: int) -> dict[str, Any]:
+        """The UNet's keyword conditioning for b images of h × w pixels: the empty prompt,
+        SDXL's size micro-conditioning, the upscaler's noise level."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": self.prompt_embeds.expand(b, -1, -1)}
+        if self.sdxl:
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": self.pooled_prompt_embeds.expand(b, -1),
+                "time_ids": time_ids.expand(b, -1),
+            }
+        if self.variant == "upscale":
             kwargs["class_labels"] = torch.full((b,), self.noise_level, device=self.device, dtype=torch.long)
-        return {"extra": extra, "kwargs": kwargs}
+        return kwargs
+
+    def default_tiling(self) -> tuple[int, int]:
+        size = self.unet.config.sample_size
+        tile = (min(size) if isinstance(size, (list, tuple)) else size) * self.scale_factor
+        return tile, tile // 8
+
+    def enable_tiling(self, tile: int | None = None, overlap: int | None = None, batch: int = 1) -> "LatentDenoiser":
+        """Tiles for the UNet as `Denoiser.enable_tiling`, and diffusers' own tiling for the VAE
+        with tiles of the same size, so no part of a step holds a whole frame's activations
+        and a frame of one tile is encoded and decoded whole, as untiled."""
+        super().enable_tiling(tile, overlap, batch)
+        if self.tiling is None:
+            self.vae.disable_tiling()
+            return self
+        self.vae.enable_tiling()
+        self.vae.tile_latent_min_size = self.tiling[0]
+        self.vae.tile_sample_min_size = self.tiling[0] * self.scale_factor
+        return self
+
+    def crop_condition(self, cond, boxes: list[rtiles.Box]) -> dict:
+        b = cond["kwargs"]["encoder_hidden_states"].shape[0]
+        extra = None if cond["extra"] is None else torch.cat([box.crop(cond["extra"]) for box in boxes])
+        s = self.scale_factor
+        return {"extra": extra, "kwargs": self._kwargs(b * len(boxes), boxes[0].height * s, boxes[0].width * s)}
 
     def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if cond is None:

@@ -1,7 +1,7 @@
 """Latent diffusion checkpoints through the whole pipeline: `raywarp run --model DIR` on a
 real local Ray, with tiny random-weight SD folders (`raywarp.models.tiny_latent_pipeline`).
 
-The models' outputs are noise-like, so what is checked is what holds whatever the
+Both run tiled (`--tile` smaller than the frame), the UNet and the VAE. The models' outputs are noise-like, so what is checked is what holds whatever the
 weights: every unit and video is done, the outputs have the right frames and size, they
 agree with the measurements (exactly in the payloads, up to H.264 in the videos), and
 flows, end maps and noise coordinates live on the model's u-space grid (output size /
@@ -61,6 +61,7 @@ def check_units(dst: Path, grid: tuple[int, int], motion: tuple[float, float]) -
     the payload frames of each unit, by id, in output order."""
     manifest = Manifest(str(dst))
     assert manifest.run_info()["config"]["sampler"]["mode"] == "white-warped"
+    assert manifest.run_info()["config"]["tile"] is not None
     latest = manifest.latest()
     units = sorted(manifest.read_table("clips").to_pylist(), key=lambda u: u["out_start"])
     assert [u["kind"] for u in units] == ["clip", "seam", "clip"]
@@ -87,7 +88,9 @@ def test_sr_x4_with_a_latent_upscaler(latent_models, tmp_path):
     assert geometry(model) == (4, 2)
     src, lr = source_video(tmp_path / "src", (17, 15), shift=(1.0, 0.0))
     dst = tmp_path / "out"
-    assert run_cli(src, dst, "--task", "sr", "--scale", "4", "--model", str(model)) == 0
+    # Tiled: --tile 32 is at most an 8² u-grid tile (overlap 1/8: 1 u pixel), so the 18×16 grid
+    # takes 3 × 3 tiles (the model's native 16² would take 2 × 1).
+    assert run_cli(src, dst, "--task", "sr", "--scale", "4", "--model", str(model), "--tile", "32") == 0
     payloads = check_units(dst, grid=(18, 16), motion=(1.0, 0.0))
 
     out = probe(str(dst / "v.mp4"))
@@ -112,7 +115,10 @@ def test_inpainting_with_a_latent_inpainting_model(latent_models, tmp_path):
     src, frames = source_video(tmp_path / "src", (26, 22), shift=(0.0, 2.0))
     dst = tmp_path / "out"
     mask = "rect:0.25,0.25,0.75,0.75"
-    assert run_cli(src, dst, "--task", "inpaint", "--mask", mask, "--model", str(model)) == 0
+    # Tiled: --tile 16 --tile-overlap 4 is an 8² u-grid tile overlapping by 2: 2 × 2 tiles of the
+    # 14×12 grid (its native 16² would hold it whole).
+    assert run_cli(src, dst, "--task", "inpaint", "--mask", mask, "--model", str(model), "--tile", "16",
+                   "--tile-overlap", "4") == 0
     payloads = check_units(dst, grid=(14, 12), motion=(0.0, 1.0))
 
     out = probe(str(dst / "v.mp4"))

@@ -39,6 +39,10 @@ class RunConfig:
     flow_from: str = "baseline"  # SR: estimate motion on the bicubic baseline, or on the low-res "input"
     shot_threshold: float = 27.0  # cut detection (raywarp.pipeline.shots); 0: every video is one shot
     precision: str = "fp32"  # the denoiser's arithmetic on GPU actors (fp32, bf16, fp16); changes the numbers, so hashed
+    # Tiled denoising (`raywarp.tiles`), in output pixels: None = the model's default
+    # (`Denoiser.default_tiling`), tile 0 = whole frames. Frames larger than a tile change, so hashed.
+    tile: int | None = None
+    tile_overlap: int | None = None
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
@@ -76,6 +80,9 @@ class RunConfig:
             raise ValueError(f"shot_threshold: must be >= 0 (0 turns cut detection off), got {self.shot_threshold}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: choose one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+               for v in (self.tile, self.tile_overlap)):
+            raise ValueError(f"tile, tile_overlap: pixels >= 0 (tile 0: whole frames), got {self.tile}, {self.tile_overlap}")
         if self.flow_from not in FLOW_FROM:
             raise ValueError(f"flow_from: choose one of {FLOW_FROM}, got {self.flow_from!r}")
         if self.actor_cpus <= 0 or self.decode_cpus <= 0:

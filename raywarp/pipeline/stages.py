@@ -139,7 +139,8 @@ class UnitWorker:
         use_gpu = self.config.gpus_per_actor > 0 and torch.cuda.is_available()
         self.device = "cuda" if use_gpu else "cpu"
         self.geometry = geometry(self.config.model)
-        self.denoiser = load_denoiser(self.config.model, device=self.device)
+        self.denoiser = load_denoiser(self.config.model, device=self.device).enable_tiling(
+            self.config.tile, self.config.tile_overlap, self.config.sampler.batch_size)
         if use_gpu:  # CPUs keep fp32: their bf16 kernels are slower, and CPU results stay exact
             self.denoiser.accelerate(self.config.precision, channels_last=True, compile=self.config.compile)
         if self.config.densify_method == "neuroexplicit":
