@@ -71,3 +71,14 @@ def test_tiny_run_times_every_model_and_mode(capsys):
         assert r["s/frame"] > 0 and 0 < r["denoiser share"] <= 1 and r["peak GiB"] is None
     out = capsys.readouterr().out
     assert "| model | mode | s/frame | denoiser share | peak GPU GiB |" in out and "n/a" in out
+
+
+def test_tiny_tiled_run_times_the_production_workloads_in_tiles(capsys):
+    """`--tiled`: the upscaler at its native size (one tile), at 2160p and SDXL inpainting
+    at 1080p, here at tiny sizes with tiles smaller than the frame."""
+    rows = gpu.main(["--tiny", "--tiled", "--device", "cpu", "--modes", "warped"])
+    assert [r["model"].split(" (")[0] for r in rows] == list(gpu.TILED)
+    tiles = [int(r["model"].split(" (")[1].split(" tiles")[0]) for r in rows]
+    assert tiles[0] == 1 and min(tiles[1:]) > 1, tiles
+    assert all(r["s/frame"] > 0 and 0 < r["denoiser share"] <= 1 for r in rows)
+    assert gpu.load_configs("sdxl-inpaint")["unet"]["in_channels"] == 9

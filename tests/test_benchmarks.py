@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from raywarp.bench import flow, long, pipeline, sampler
+from raywarp.bench import flow, long, pipeline, sampler, tiles
 
 
 def test_sampler_benchmark_scores_every_scene_task_and_mode():
@@ -17,6 +17,14 @@ def test_sampler_benchmark_scores_every_scene_task_and_mode():
     assert len({r["scene"] for r in rows}) >= 4
     assert all(r["warp"] >= 0 and math.isfinite(r["psnr"]) and r["s/frame"] >= 0 for r in rows)
     assert all(r["s/frame"] > 0 for r in rows if r["mode"] != "baseline" and not r["mode"].startswith("baseline "))
+
+
+def test_tiles_benchmark_times_and_scores_untiled_and_tiled():
+    rows = tiles.main(["--sizes", "64", "--tiles", "0", "32", "--frames", "2", "--steps", "1"])
+    untiled, tiled = rows
+    assert (untiled["tile"], tiled["tile"], tiled["overlap"]) == (0, 32, 4)
+    assert all(r["s/frame"] > 0 and r["peak MiB"] >= 0 and r["warp"] > 0 and math.isfinite(r["psnr"]) for r in rows)
+    assert tiled["cost"] > 0 and 0.5 < tiled["seam"] < 2
 
 
 def test_flow_benchmark_scores_every_set_and_estimator():

@@ -2,7 +2,7 @@
 
     python -m raywarp.bench.gpu [--models sd-x4-upscaler sdxl-base] [--modes ...] [--frames 8] [--steps 20]
                                 [--batch-size 8] [--device cuda|cpu] [--precision fp32|bf16|fp16]
-                                [--[no-]channels-last] [--compile] [--tiny]
+                                [--[no-]channels-last] [--compile] [--tiny] [--tiled]
 
 Owns the models' shipped configs (configs/: the public unet, vae and scheduler configs
 of stabilityai/stable-diffusion-x4-upscaler and stabilityai/stable-diffusion-xl-base-1.0,
@@ -17,7 +17,10 @@ Per model and sampling mode: seconds per frame of one `sample_clip` call, after 
 one-step warm-up call (cuDNN autotuning, compilation); the share of that wall time
 spent inside the denoiser network, forward and the self-guidance backward through it
 (CUDA events on the GPU, read after the final synchronize, so no step is synchronised);
-the peak GPU memory allocated. `--tiny` narrows every width of the same configs (block
+the peak GPU memory allocated. `--tiled` times production sizes instead, tiled at the
+model's default tile (`raywarp.tiles`): the x4 upscaler at 540p → 2160p and SDXL
+inpainting (SDXL base's UNet with 9 input channels) at 1080p, beside the upscaler's
+native 512², whose peak memory the 2160p run is held to. `--tiny` narrows every width of the same configs (block
 types, attention layout, class and text-time embeddings, VAE depth kept) and shrinks
 the sizes so that the whole benchmark runs on a CPU in seconds: the test suite's smoke run.
 """
@@ -36,6 +39,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from raywarp import inverse, synthetic
+from raywarp import tiles as rtiles
 from raywarp.models import SDXL_TIME_IDS, LatentDenoiser, cast_module, save_pipeline
 from raywarp.sampler import MODES, SamplerConfig, sample_clip
 from raywarp.tensors import PRECISIONS
@@ -46,6 +50,16 @@ SCALE = 4  # SR x4 for both models: the upscaler's native factor
 # Output (high-resolution) side: the upscaler's native 128² -> 512², SDXL's native 1024².
 OUTPUT_SIDES = {"sd-x4-upscaler": 512, "sdxl-base": 1024}
 TINY_OUTPUT_SIDES = {"sd-x4-upscaler": 32, "sdxl-base": 32}  # the smallest multiples of VAE factor x UNet depth
+# --tiled: production sizes through tiled denoising at the model's default tile, the
+# upscaler's native size first (one tile: the reference for peak memory). Output sizes
+# padded to the model's multiple as the pipeline pads (2160 -> 2176, 1080 -> 1088).
+# name -> (model, task, output (H, W), --tiny output (H, W), --tiny tile in output pixels)
+TILED = {
+    "sd-x4-upscaler 128²→512²": ("sd-x4-upscaler", "sr", (512, 512), (32, 32), 32),
+    "sd-x4-upscaler 540p→2160p": ("sd-x4-upscaler", "sr", (2176, 3840), (64, 96), 32),
+    "sdxl-inpaint 1080p": ("sdxl-inpaint", "inpaint", (1088, 1920), (32, 48), 16),
+}
+HOLE = "rect:0.4,0.35,0.6,0.65"  # the inpainting workload's hole
 # Content motion per frame in output pixels: a few u-space pixels over a clip, sub-pixel per frame.
 VELOCITY = (2.0, 1.0)
 
@@ -62,9 +76,14 @@ TINY_TIME_EMBED = 8
 
 def load_configs(model: str, tiny: bool = False) -> dict[str, dict]:
     """{"unet", "vae", "scheduler": config dict} of a shipped model; `tiny`: narrowed."""
-    if model not in MODELS:
-        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
-    configs = {part: json.loads((CONFIG_DIR / model / f"{part}.json").read_text()) for part in ("unet", "vae", "scheduler")}
+    if model not in MODELS + ("sdxl-inpaint",):
+        raise ValueError(f"model: expected one of {MODELS + ('sdxl-inpaint',)}, got {model!r}")
+    # SDXL inpainting (diffusers/stable-diffusion-xl-1.0-inpainting-0.1) is SDXL base's UNet taking
+    # 9 channels: the latent, the hole mask and the masked image's latent.
+    folder = "sdxl-base" if model == "sdxl-inpaint" else model
+    configs = {part: json.loads((CONFIG_DIR / folder / f"{part}.json").read_text()) for part in ("unet", "vae", "scheduler")}
+    if model == "sdxl-inpaint":
+        configs["unet"]["in_channels"] = 9
     if tiny:
         configs["unet"], configs["vae"] = tiny_unet_config(configs["unet"]), tiny_vae_config(configs["vae"])
     return configs
@@ -236,10 +255,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_mode(denoiser, timer: NetworkTimer, inputs, mode: str, steps: int, batch_size: int) -> dict:
-    """One warm-up call of one step, then one timed `sample_clip` call."""
+def time_mode(denoiser, timer: NetworkTimer, inputs, mode: str, steps: int, batch_size: int, op=None) -> dict:
+    """One warm-up call of one step, then one timed `sample_clip` call (SR ×4 unless `op`)."""
     observations, forward, backward = inputs
-    op = inverse.SuperResolution(SCALE, "bicubic")
+    op = op or inverse.SuperResolution(SCALE, "bicubic")
     device = denoiser.device
 
     def run(n):
@@ -282,6 +301,38 @@ def benchmark(args) -> list[dict]:
     return rows
 
 
+def benchmark_tiled(args) -> list[dict]:
+    """The TILED workloads, each at the model's default tile (--tiny: a small one)."""
+    device = torch.device(args.device)
+    rows = []
+    for name, (model, task, size, tiny_size, tiny_tile) in TILED.items():
+        size = tiny_size if args.tiny else size
+        denoiser = build_denoiser(load_configs(model, args.tiny), device, PRECISIONS[args.precision])
+        denoiser.accelerate(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+        denoiser.enable_tiling(tiny_tile if args.tiny else None, batch=args.batch_size)
+        timer = NetworkTimer(denoiser)
+        observations, forward, backward = clip_inputs(denoiser, size, args.frames)
+        op = None
+        if task == "inpaint":
+            op = inverse.Inpainting(inverse.parse_mask(HOLE, size, args.frames))
+            observations = op.degrade(panned_video(size, args.frames))
+        tiles = len(rtiles.layout(*forward.shape[-2:], *denoiser.tiling, denoiser.multiple).boxes)
+        for mode in args.modes:
+            try:
+                row = time_mode(denoiser, timer, (observations, forward, backward), mode, args.steps, args.batch_size, op)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row = {"s/frame": math.nan, "denoiser share": math.nan, "peak GiB": None}
+            rows.append({"model": f"{name} ({tiles} tiles of {denoiser.tiling[0] * denoiser.scale_factor} px)",
+                         "mode": mode, **row})
+            print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
+        del denoiser, timer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def format_table(rows: list[dict], header: bool = True) -> str:
     lines = ["| model | mode | s/frame | denoiser share | peak GPU GiB |", "|---|---|---|---|---|"] if header else []
     for r in rows:
@@ -311,16 +362,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (the warm-up call compiles)")
     p.add_argument("--tiny", action="store_true", help="narrow configs and tiny sizes: a CPU smoke run")
+    p.add_argument("--tiled", action="store_true",
+                   help="instead: the tiled workloads (SD ×4 upscaler 540p → 2160p, SDXL inpainting 1080p, and the "
+                        "upscaler's native 512² for reference)")
     args = p.parse_args(argv)
     args.frames = args.frames or (3 if args.tiny else 8)
     args.steps = args.steps or (2 if args.tiny else 20)
     args.precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
     args.sides = TINY_OUTPUT_SIDES if args.tiny else OUTPUT_SIDES
-    sizes = ", ".join(f"{m} {args.sides[m] // SCALE}² -> {args.sides[m]}²" for m in args.models)
+    sizes = ", ".join(TILED) if args.tiled else "SR x4 " + ", ".join(
+        f"{m} {args.sides[m] // SCALE}² -> {args.sides[m]}²" for m in args.models)
     print(f"GPU benchmark{' (tiny)' if args.tiny else ''}: {device_name(torch.device(args.device))}; precision "
-          f"{args.precision}, channels_last {args.channels_last}, compile {args.compile}; SR x4 {sizes}; "
+          f"{args.precision}, channels_last {args.channels_last}, compile {args.compile}; {sizes}; "
           f"{args.frames} frames, {args.steps} DDIM steps, batch {args.batch_size}")
-    return benchmark(args)
+    return benchmark_tiled(args) if args.tiled else benchmark(args)
 
 
 if __name__ == "__main__":
