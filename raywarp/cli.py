@@ -5,7 +5,8 @@
                 [--mode MODE] [--guidance-method x0|gradient] [--clip-len 16] [--overlap 4]
                 [--steps N] [--guidance λ] [--flow-from baseline|input] [--flow-method dis|farneback]
                 [--densify-method neuroexplicit|eed|laplace]
-                [--shot-threshold 27] [--tile N] [--tile-overlap M] [--precision fp32|bf16|fp16] [--compile]
+                [--shot-threshold 27] [--tile N] [--tile-overlap M] [--[no-]inpaint-crop]
+                [--precision fp32|bf16|fp16] [--compile]
                 [--address auto|URL] [--gpus-per-actor F] [--actor-cpus F] [--decode-cpus F] [--min-actors N]
                 [--max-actors N]
     raywarp status DST [--json] [--watch [SECONDS]]
@@ -85,6 +86,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "(latent models: their native size; the shipped prior: docs/tiling.md)")
     p.add_argument("--tile-overlap", type=int, default=None,
                    help="output pixels neighbouring tiles share, blended (default: 1/8 of the tile)")
+    p.add_argument("--inpaint-crop", action=argparse.BooleanOptionalAction, default=defaults.inpaint_crop,
+                   help="inpainting: restore the holes in a crop around them at the model's native size, the rest of "
+                        "the frame as observed (--no-inpaint-crop: sample whole frames)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
                    help="the denoiser's arithmetic on a GPU (its weights cast to it); CPUs always run fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser on GPU actors (compiles on first use)")
@@ -122,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(task=args.task, scale=args.scale, kernel=args.kernel, mask=args.mask, model=args.model,
                      sampler=sampler, clip_len=args.clip_len, overlap=args.overlap, seed=args.seed, flow_from=args.flow_from,
                      flow_method=args.flow_method, densify_method=args.densify_method, shot_threshold=args.shot_threshold,
-                     precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap, compile=args.compile, gpus_per_actor=args.gpus_per_actor,
+                     precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
+                     inpaint_crop=args.inpaint_crop, compile=args.compile, gpus_per_actor=args.gpus_per_actor,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, min_actors=args.min_actors,
                      max_actors=args.max_actors)
 

@@ -329,6 +329,42 @@ def sample_clip(
     return finish(denoiser, clip)
 
 
+def sample_crop(box, denoiser, operator, observations, flows_fwd, flows_bwd, seed: int,
+                config: SamplerConfig = SamplerConfig(), noise_coords: torch.Tensor | None = None,
+                start_anchor: torch.Tensor | None = None, end_anchor: torch.Tensor | None = None,
+                baseline: torch.Tensor | None = None, **kwargs) -> ClipResult:
+    """Inpainting in a crop ("only masked"): `sample_clip` on the crop `box` (a
+    `raywarp.tiles.Box` in output pixels holding every hole, `raywarp.tiles.hole_box`)
+    of the clip, pasted into the observed frames, which are the output outside it.
+
+    The crop's noise is the frame's own there (its coordinates cropped from the chain of
+    the whole frame), so it is what sampling the whole frame would draw. Arguments as
+    `sample_clip` (whole frames; kwargs: frame_index, device, callback, reestimate).
+    """
+    if getattr(operator, "name", None) != "inpaint":
+        raise ValueError(f"operator: sampling in a crop is for inpainting, got {type(operator).__name__}")
+    y, fwd, bwd = check_clip(observations, flows_fwd, flows_bwd)
+    s = denoiser.scale_factor
+    if box.top % s or box.left % s or box.height % s or box.width % s:
+        raise ValueError(f"box: {box} must lie on the model's grid (multiples of {s} px)")
+    grid_box = type(box)(box.top // s, box.left // s, box.height // s, box.width // s)
+    if config.mode in NOISE_OF_MODE and noise_coords is None:
+        frame_index = kwargs.get("frame_index")
+        first = 0 if frame_index is None else int(torch.as_tensor(frame_index)[0])
+        noise_coords = chain_coords(bwd.double(), y.shape[-2] // s, y.shape[-1] // s, first_index=first)
+
+    def crop(x):
+        return None if x is None else box.crop(x)
+
+    result = sample_clip(denoiser, type(operator)(box.crop(operator.mask)), box.crop(y), grid_box.crop(fwd),
+                         grid_box.crop(bwd), seed, config, noise_coords=None if noise_coords is None else
+                         grid_box.crop(noise_coords), start_anchor=crop(start_anchor), end_anchor=crop(end_anchor),
+                         baseline=crop(baseline), **kwargs)
+    frames = y.to(result.frames.device, copy=True)
+    box.crop(frames).copy_(result.frames)
+    return ClipResult(frames)
+
+
 def prepare(denoiser, operator, observations, flows_fwd, flows_bwd, seed: int, config: SamplerConfig,
             frame_index=None, noise_coords=None, start_anchor=None, end_anchor=None, device="cpu",
             baseline=None) -> Clip:

@@ -16,6 +16,9 @@ borders another tile (at the frame's border it stays 1); the weights are divided
 their sum, so they add up to 1 at every pixel, and a tile's prediction fades out before
 its own border, where it has the least context.
 
+Holes: `hole_box` is the crop in which inpainting restores a hole much smaller than the
+frame ("only masked" inpainting), at the model's native size around it.
+
 Noise: the sampler's state u is one tensor per frame; a tile is a crop of it. So the
 noise every tile sees is the frame's own, evaluated once at the frame's global
 coordinates (GP or white-plane noise, `raywarp.noise`): two tiles see the same noise
@@ -30,7 +33,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Box", "Layout", "axis_tiles", "layout", "blend"]
+__all__ = ["Box", "Layout", "axis_tiles", "layout", "blend", "hole_box"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,28 @@ def blend(predict: Callable[[list[Box]], torch.Tensor], shape, tiles: Layout, pe
             region = (..., slice(box.top, box.top + box.height), slice(box.left, box.left + box.width))
             out[region] = out[region] + tiles.weights[k + i].to(x.dtype) * x[i * b : (i + 1) * b]
     return out
+
+
+def hole_box(mask: torch.Tensor, native: int, margin: int, grid: int) -> Box | None:
+    """The crop (output pixels) that restores every hole of a clip at the model's native
+    size: the holes' bounding box over all frames, grown by `margin` on each side and to
+    at least `native`, centred on the holes, inside the frame, its start and size
+    multiples of `grid` (the model's pixels per grid cell: scale_factor · multiple).
+
+    mask: (T, 1, H, W), 0 = hole, H and W multiples of `grid`. None where there is no
+    hole, or where the crop would span the frame along both axes (sample it whole).
+    """
+    hole = mask[:, 0] < 0.5
+    if not bool(hole.any()):
+        return None
+    spans = []
+    for axis, length in ((1, mask.shape[-2]), (2, mask.shape[-1])):
+        index = hole.any(dim=[d for d in (0, 1, 2) if d != axis]).nonzero().flatten()
+        lo, hi = int(index[0]) - margin, int(index[-1]) + 1 + margin
+        size = min(length, math.ceil(max(hi - lo, native) / grid) * grid)
+        start = min(max(0, (lo + hi - size) // 2 // grid * grid), length - size)
+        spans.append((start, size))
+    (top, height), (left, width) = spans
+    if (height, width) == tuple(mask.shape[-2:]):
+        return None
+    return Box(top, left, height, width)

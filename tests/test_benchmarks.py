@@ -20,8 +20,10 @@ def test_sampler_benchmark_scores_every_scene_task_and_mode():
 
 
 def test_tiles_benchmark_times_and_scores_untiled_and_tiled():
-    rows = tiles.main(["--sizes", "64", "--tiles", "0", "32", "--frames", "2", "--steps", "1"])
-    untiled, tiled = rows
+    rows = tiles.main(["--sizes", "64", "--tiles", "0", "32", "--frames", "2", "--steps", "1", "--inpaint-sizes", "192"])
+    untiled, tiled, crop, frame = rows
+    assert crop["area"].startswith("crop ") and frame["area"] == "whole frame"
+    assert all(math.isfinite(r["psnr"]) and r["warp"] > 0 for r in (crop, frame))
     assert (untiled["tile"], tiled["tile"], tiled["overlap"]) == (0, 32, 4)
     assert all(r["s/frame"] > 0 and r["peak MiB"] >= 0 and r["warp"] > 0 and math.isfinite(r["psnr"]) for r in rows)
     assert tiled["cost"] > 0 and 0.5 < tiled["seam"] < 2

@@ -1,5 +1,6 @@
 """Tiled denoising (`raywarp.tiles`, `Denoiser.enable_tiling`): the layout and its weights,
-one tile equal to whole frames, and no seams on a real photograph under the shipped prior.
+one tile equal to whole frames, no seams on a real photograph under the shipped prior;
+inpainting in a crop around the holes (`sampler.sample_crop`).
 
 The seam figure is `metrics.boundary_gradient` along the layout's tile edges: a seam is a
 step there that the untiled output does not have.
@@ -7,6 +8,7 @@ step there that the untiled output does not have.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,9 @@ from diffusers import DDIMScheduler
 from raywarp import inverse, metrics, synthetic
 from raywarp import tiles as rtiles
 from raywarp.models import _DEFAULT_SCHEDULE, PixelDenoiser, load_denoiser, tiny_latent_pipeline, tiny_pixel_unet
-from raywarp.sampler import SamplerConfig, chain_coords, sample_clip
+from raywarp.pipeline import clip as rclip
+from raywarp.pipeline.config import RunConfig
+from raywarp.sampler import SamplerConfig, chain_coords, sample_clip, sample_crop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,10 +54,10 @@ def test_bad_tiles_are_refused_naming_the_fix():
         prior.enable_tiling(64, 40)
 
 
-def panned_clip(frames: int = 5):
-    """A real photograph panned by VELOCITY at SIZE, its ×4 measurement and exact flows."""
-    video, fwd = synthetic.translate_video("astronaut", frames, SIZE, VELOCITY)
-    bwd = synthetic.affine_backward_flow(synthetic.affine_motion(SIZE, shift=VELOCITY), SIZE).expand(frames - 1, -1, -1, -1)
+def panned_clip(frames: int = 5, size=SIZE):
+    """A real photograph panned by VELOCITY at `size`, its ×4 measurement and exact flows."""
+    video, fwd = synthetic.translate_video("astronaut", frames, size, VELOCITY)
+    bwd = synthetic.affine_backward_flow(synthetic.affine_motion(size, shift=VELOCITY), size).expand(frames - 1, -1, -1, -1)
     op = inverse.make_operator("sr", scale=4)
     return video, op, op.forward(video), fwd, bwd.contiguous()
 
@@ -153,3 +157,40 @@ def test_independent_noise_per_tile_shows_the_seams_that_shared_noise_removes():
         seam[shared] = (ratio, disagreement)
     assert seam[True][0] <= 1.1 < seam[False][0], seam  # measured 1.01 and 1.25
     assert seam[False][1] > 3 * seam[True][1], seam  # measured 0.055 and 0.013
+
+
+def test_a_crop_of_the_whole_frame_is_whole_frame_sampling():
+    video, _, _, fwd, bwd = panned_clip(3)
+    op = inverse.Inpainting(inverse.parse_mask("rect:0.4,0.4,0.6,0.6", SIZE, 3))
+    prior = load_denoiser("default")
+    config = SamplerConfig(steps=2)
+    whole = sample_clip(prior, op, op.forward(video), fwd, bwd, seed=1, config=config).frames
+    cropped = sample_crop(rtiles.Box(0, 0, *SIZE), prior, op, op.forward(video), fwd, bwd, seed=1, config=config).frames
+    assert torch.equal(whole, cropped)
+    with pytest.raises(ValueError, match="sampling in a crop is for inpainting"):
+        sample_crop(rtiles.Box(0, 0, 64, 64), prior, inverse.SuperResolution(4), video[..., ::4, ::4], fwd, bwd, seed=1)
+
+
+def test_a_small_hole_is_restored_in_a_crop_as_well_as_in_the_whole_frame():
+    """A unit of 192² frames with a 19 × 38 px hole: `raywarp run`'s restore samples a 128²
+    crop around it (the prior's native tile), the rest of the frame as observed; inside
+    the hole it is as good as sampling the whole frame."""
+    video, _, _, _, _ = panned_clip(3, (192, 192))
+    frames = (video * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    hole = "rect:0.45,0.4,0.55,0.6"
+    prior = load_denoiser("default").enable_tiling()
+    out = {}
+    for crop in (True, False):
+        config = RunConfig(task="inpaint", mask=hole, inpaint_crop=crop, sampler=SamplerConfig(steps=2))
+        m = rclip.measure(frames, config, 0, 3, (prior.scale_factor, prior.multiple))
+        if crop:
+            box = rclip.inpainting_crop(prior, m)
+            assert (box.height, box.width) == (128, 128)
+        fwd, bwd = rclip.flows(m, config)
+        out[crop] = rclip.restore(prior, m, fwd, bwd, config, seed=0, start=0).astype(np.float64) / 255
+    known = inverse.parse_mask(hole, (192, 192), 3)[:, 0].numpy() > 0.5
+    truth = frames.astype(np.float64) / 255
+    np.testing.assert_array_equal(out[True][known], truth[known])  # outside the holes: the observed frames
+    assert not np.array_equal(out[True][~known], out[False][~known])  # the holes were sampled in the crop
+    psnr = {c: -10 * np.log10(np.mean((out[c][~known] - truth[~known]) ** 2)) for c in out}
+    assert psnr[True] > psnr[False] - 1.0, psnr

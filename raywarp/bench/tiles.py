@@ -1,7 +1,8 @@
-"""Tiling benchmark: cost, memory and quality of tiled denoising against frame size.
+"""Tiling benchmark: cost, memory and quality of tiled denoising against frame size, and
+of inpainting in a crop against the whole frame.
 
     python -m raywarp.bench.tiles [--sizes 256 512 1024] [--tiles 0 64 128 256] [--overlap 16]
-                                  [--frames 2] [--steps 4] [--model default]
+                                  [--inpaint-sizes 256 512] [--frames 2] [--steps 4] [--model default]
 
 SR ×4 of a held-out photograph panned by a sub-pixel translation, at each output size
 (square), with the exact flow, by `sample_clip` (the run's defaults: warped, strength
@@ -12,6 +13,11 @@ resident memory above the start of the call (CPU: sampled every 5 ms; CUDA: the
 allocator's peak); the cost against untiled at the same size; the warping error, PSNR
 against the ground truth, and the seam figure (`metrics.boundary_gradient` along the
 tile edges, against the untiled output's along the same lines).
+
+Inpainting: a small static hole in the same pan, restored in its crop at the model's
+native size (`raywarp.tiles.hole_box`, `sampler.sample_crop`) and over the whole frame
+(default tiles), with the run's re-estimation of flows at half the steps: s/frame, peak
+memory, warping error and PSNR inside the hole.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ import torch
 from raywarp import inverse, metrics, synthetic
 from raywarp import tiles as rtiles
 from raywarp.models import load_denoiser, noise_spec
-from raywarp.sampler import SamplerConfig, sample_clip
+from raywarp.sampler import SamplerConfig, sample_clip, sample_crop
 
 VELOCITY = (1.5, 0.75)  # output pixels per frame
+HOLE = "rect:0.45,0.4,0.55,0.6"  # the inpainting comparison's hole: 10 % × 20 % of the frame
 
 
 class PeakMemory:
@@ -123,6 +130,47 @@ def benchmark(args) -> list[dict]:
     return rows
 
 
+def inpainting(args) -> list[dict]:
+    """A small static hole (HOLE) at each size: sampled in its crop (`tiles.hole_box`, as
+    `raywarp run` does by default) and over the whole frame (at the default tile)."""
+    denoiser = load_denoiser(args.model, device=args.device).enable_tiling(batch=args.frames)
+    spec = noise_spec(args.model)
+    config = SamplerConfig(steps=args.steps, batch_size=args.frames, reestimate_flow_at=0.5,
+                           length_scale=spec.get("length_scale", SamplerConfig.length_scale),
+                           mode="warped" if spec["noise"] == "gp" else "white-warped")
+    rows = []
+    for size in args.inpaint_sizes:
+        video, fwd, bwd = panned(size, args.frames)
+        mask = inverse.parse_mask(HOLE, (size, size), args.frames)
+        op = inverse.Inpainting(mask)
+        y = op.degrade(video)
+        native = denoiser.default_tiling()[0]
+        box = rtiles.hole_box(mask, native, native // 4, denoiser.scale_factor * denoiser.multiple)
+        for area in ("crop", "frame") if box is not None else ("frame",):  # no box: the crop is the frame
+            with PeakMemory(torch.device(args.device)) as memory:
+                start = time.perf_counter()
+                if area == "crop":
+                    out = sample_crop(box, denoiser, op, y, fwd, bwd, seed=0, config=config, device=args.device).frames
+                else:
+                    out = sample_clip(denoiser, op, y, fwd, bwd, seed=0, config=config, device=args.device).frames
+                seconds = (time.perf_counter() - start) / args.frames
+            hole = (1 - mask).expand_as(video).bool()
+            rows.append({"size": size, "area": f"crop {box.height}×{box.width}" if area == "crop" else "whole frame",
+                         "s/frame": seconds, "peak MiB": memory.mib, "warp": float(metrics.warping_error(out, fwd, bwd)),
+                         "psnr": float(-10 * torch.log10((out - video)[hole].square().mean()))})
+            print(format_inpainting(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+def format_inpainting(rows: list[dict], header: bool = True) -> str:
+    lines = ["| frame | sampled | s/frame | peak memory MiB | warping error | PSNR dB in the hole |",
+             "|---|---|---|---|---|---|"] if header else []
+    for r in rows:
+        lines.append(f"| {r['size']}² | {r['area']} | {r['s/frame']:.2f} | {r['peak MiB']:.0f} | {r['warp']:.6f} "
+                     f"| {r['psnr']:.2f} |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict], header: bool = True) -> str:
     lines = ["| output | tile (overlap) | s/frame | peak memory MiB | cost × untiled | warping error | PSNR dB | seam × untiled |",
              "|---|---|---|---|---|---|---|---|"] if header else []
@@ -136,9 +184,11 @@ def format_table(rows: list[dict], header: bool = True) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="output sides (multiples of 16)")
+    p.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024], help="output sides of the SR comparison (none: skip it)")
     p.add_argument("--tiles", type=int, nargs="+", default=[0, 64, 128, 256], help="tile sides in output pixels; 0: untiled")
     p.add_argument("--overlap", type=int, help="output pixels of overlap; default 1/8 of each tile")
+    p.add_argument("--inpaint-sizes", type=int, nargs="*", default=[256, 512],
+                   help="frame sides of the inpainting comparison, crop against whole frame (none: skip it)")
     p.add_argument("--frames", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--model", default="default")
@@ -146,7 +196,8 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     print(f"tiling benchmark: SR ×4, {args.frames} frames, {args.steps} steps, model {args.model}; "
           f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads) / {args.device}")
-    return benchmark(args)
+    rows = benchmark(args)
+    return rows + inpainting(args) if args.inpaint_sizes else rows
 
 
 if __name__ == "__main__":

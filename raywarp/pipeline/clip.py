@@ -33,7 +33,8 @@ from raywarp import flow as rflow
 from raywarp import inverse
 from raywarp import noise as rnoise
 from raywarp.pipeline.config import RunConfig
-from raywarp.sampler import NOISE_OF_MODE, chain_coords, sample_clip
+from raywarp import tiles
+from raywarp.sampler import NOISE_OF_MODE, chain_coords, sample_clip, sample_crop
 from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
 NOISE_SPACING = (0.8, 1.25)  # band of `rnoise.neighbour_spacing` a unit's chain may start in
@@ -141,6 +142,13 @@ def advance(first: np.ndarray | None, end: np.ndarray) -> np.ndarray | None:
     return coords.numpy() if all(low <= d <= high for d in rnoise.neighbour_spacing(coords)) else None
 
 
+def inpainting_crop(denoiser, m: Measurement) -> tiles.Box | None:
+    """The crop (`raywarp.tiles.hole_box`) in which the unit's holes are restored: the
+    model's native tile, or the holes and a quarter of it around them where larger."""
+    native = denoiser.default_tiling()[0]
+    return tiles.hole_box(m.padded_op.mask, native, native // 4, denoiser.scale_factor * denoiser.multiple)
+
+
 def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, config: RunConfig, seed: int, start: int,
             first_coords: np.ndarray | None = None, start_anchor: np.ndarray | None = None,
             end_anchor: np.ndarray | None = None, device="cpu", chain: torch.Tensor | None = None) -> np.ndarray:
@@ -151,8 +159,10 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     (None: the identity grid). start_anchor / end_anchor: (H, W, 3) uint8 frames restored
     by the neighbouring seams, known frames for the first / last frame. chain: the unit's
     coordinates chained from the pixel grid (`chain_coords(bwd, first_index=start)`), if
-    made already: the noise's coordinates when the first frame's are the grid. The result
-    is cropped from the padded size and made consistent with the unpadded measurement.
+    made already: the noise's coordinates when the first frame's are the grid. Inpainting
+    with `config.inpaint_crop` samples only a crop around the holes (`inpainting_crop`).
+    The result is cropped from the padded size and made consistent with the unpadded
+    measurement.
     """
     s = denoiser.scale_factor
     coords = None
@@ -166,7 +176,9 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     def anchor(frame):  # padded as the output is
         return None if frame is None else inverse.pad_to_multiple(frames_to_tensor(frame[None]), s * denoiser.multiple)[0][0]
 
-    result = sample_clip(
+    box = inpainting_crop(denoiser, m) if config.task == "inpaint" and config.inpaint_crop else None
+    sample = functools.partial(sample_crop, box) if box is not None else sample_clip
+    result = sample(
         denoiser, m.padded_op, m.padded_y, fwd, bwd, seed=seed, config=config.sampler,
         frame_index=torch.arange(start, start + m.y.shape[0]), noise_coords=coords,
         start_anchor=anchor(start_anchor), end_anchor=anchor(end_anchor), device=device, baseline=m.baseline(),

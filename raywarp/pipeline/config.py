@@ -43,6 +43,9 @@ class RunConfig:
     # (`Denoiser.default_tiling`), tile 0 = whole frames. Frames larger than a tile change, so hashed.
     tile: int | None = None
     tile_overlap: int | None = None
+    # Inpainting: restore the holes in a crop around them at the model's native size
+    # ("only masked"), not the whole frame; measured: docs/tiling.md#inpainting-in-a-crop.
+    inpaint_crop: bool = True
     # Resources: where and how wide the work runs, not what it computes.
     gpus_per_actor: float = field(default=0.0, metadata=RESOURCE)
     min_actors: int = field(default=1, metadata=RESOURCE)
