@@ -390,6 +390,7 @@ class LatentDenoiser(Denoiser):
         self.scale_factor = 2 ** (len(vcfg.block_out_channels) - 1)
         self.multiple = 2 ** (len(ucfg.block_out_channels) - 1)
         self.noise_level = noise_level
+        self._tile_kwargs: dict[tuple[int, int, int], dict] = {}  # crop_condition's, by (crops, height, width)
         self.sdxl = ucfg.addition_embed_type == "text_time"
         self._vae_dtype = _network_device_dtype(vae)[1]
         self._shift = vcfg.shift_factor or 0.0
@@ -405,6 +406,7 @@ class LatentDenoiser(Denoiser):
 
     def _cast(self, dtype: torch.dtype) -> None:
         super()._cast(dtype)
+        self._tile_kwargs.clear()
         if dtype != torch.float16 or not self.vae.config.force_upcast:
             self.vae = cast_module(self.vae, dtype)
             self._vae_dtype = dtype
@@ -485,6 +487,7 @@ class LatentDenoiser(Denoiser):
         with tiles of the same size, so no part of a step holds a whole frame's activations
         and a frame of one tile is encoded and decoded whole, as untiled."""
         super().enable_tiling(tile, overlap, batch)
+        self._tile_kwargs.clear()
         if self.tiling is None:
             self.vae.disable_tiling()
             return self
@@ -494,10 +497,12 @@ class LatentDenoiser(Denoiser):
         return self
 
     def crop_condition(self, cond, boxes: list[rtiles.Box]) -> dict:
-        b = cond["kwargs"]["encoder_hidden_states"].shape[0]
+        n = cond["kwargs"]["encoder_hidden_states"].shape[0] * len(boxes)
         extra = None if cond["extra"] is None else torch.cat([box.crop(cond["extra"]) for box in boxes])
-        s = self.scale_factor
-        return {"extra": extra, "kwargs": self._kwargs(b * len(boxes), boxes[0].height * s, boxes[0].width * s)}
+        key = (n, boxes[0].height * self.scale_factor, boxes[0].width * self.scale_factor)
+        if key not in self._tile_kwargs:  # made once: SDXL's time_ids are a copy from the host
+            self._tile_kwargs[key] = self._kwargs(*key)
+        return {"extra": extra, "kwargs": self._tile_kwargs[key]}
 
     def _network(self, u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if cond is None:

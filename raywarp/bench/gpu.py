@@ -57,7 +57,7 @@ TINY_OUTPUT_SIDES = {"sd-x4-upscaler": 32, "sdxl-base": 32}  # the smallest mult
 TILED = {
     "sd-x4-upscaler 128²→512²": ("sd-x4-upscaler", "sr", (512, 512), (32, 32), 32),
     "sd-x4-upscaler 540p→2160p": ("sd-x4-upscaler", "sr", (2176, 3840), (64, 96), 32),
-    "sdxl-inpaint 1080p": ("sdxl-inpaint", "inpaint", (1088, 1920), (32, 48), 16),
+    "sdxl-inpaint 1080p": ("sdxl-inpaint", "inpaint", (1088, 1920), (64, 96), 64),
 }
 HOLE = "rect:0.4,0.35,0.6,0.65"  # the inpainting workload's hole
 # Content motion per frame in output pixels: a few u-space pixels over a clip, sub-pixel per frame.
