@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from raywarp.bench import flow, long, pipeline, sampler, tiles
+from raywarp.bench import flow, long, manifest, pipeline, sampler, tiles
 
 
 def test_sampler_benchmark_scores_every_scene_task_and_mode():
@@ -27,6 +27,16 @@ def test_tiles_benchmark_times_and_scores_untiled_and_tiled():
     assert (untiled["tile"], tiled["tile"], tiled["overlap"]) == (0, 32, 4)
     assert all(r["s/frame"] > 0 and r["peak MiB"] >= 0 and r["warp"] > 0 and math.isfinite(r["psnr"]) for r in rows)
     assert tiled["cost"] > 0 and 0.5 < tiled["seam"] < 2
+
+
+def test_manifest_benchmark_compaction_writes_n_log_n_bytes():
+    """10,000 one-row commits compacted every 256 as the driver does: tiered compaction
+    rewrites each row once per level (measured 3.4× the final log). A checkpoint holding
+    every row, rewritten at every compaction, wrote 23.7× at this size, growing as N²."""
+    (row,) = manifest.main(["--rows", "10000", "--rows-per-commit", "1"])
+    assert row["commits"] == 10_000 and row["files"] <= 8
+    assert row["written × final"] < 5, row
+    assert row["status s"] > 0 and row["resume read s"] > 0
 
 
 def test_flow_benchmark_scores_every_set_and_estimator():

@@ -243,13 +243,13 @@ def test_compaction_keeps_every_row_and_bounds_the_reads(manifest, monkeypatch):
     manifest.append_progress([row("u000003", "failed", 99.0, error="a later failure")])
     before = manifest.progress().to_pylist()
     assert manifest.compact() == 13
-    assert [f[:11] for f in progress_files(manifest)] == ["checkpoint-"]
+    assert [f.split("-")[0] for f in progress_files(manifest)] == ["checkpoint", "segment"]
     assert manifest.progress().to_pylist() == before  # same rows, same order
     assert manifest.latest()["u000003"]["status"] == "failed"
     commits(manifest, 3, start=100)
     reads = count_reads(manifest, monkeypatch)
     assert manifest.progress().num_rows == 16
-    assert len(set(reads)) == 1 + 3  # the checkpoint and the newer parts
+    assert len(set(reads)) == 1 + 1 + 3  # the checkpoint, its segment and the newer parts
     assert manifest.compact() == 3 and manifest.compact() == 0
     assert manifest.progress().num_rows == 16
 
@@ -274,7 +274,7 @@ def test_interrupted_compaction_loses_and_repeats_no_row(manifest, monkeypatch, 
     assert sorted(ids) == [f"u{i:06d}" for i in range(10)]  # each row once
     commits(manifest, 2, start=10)
     assert manifest.compact() == 2  # folds the new parts, deletes the leftovers
-    assert [f[:11] for f in progress_files(manifest)] == ["checkpoint-"]
+    assert [f.split("-")[0] for f in progress_files(manifest)] == ["checkpoint", "segment", "segment"]
     assert sorted(manifest.progress().column("id").to_pylist()) == [f"u{i:06d}" for i in range(12)]
 
 
@@ -362,4 +362,5 @@ def test_twenty_thousand_rows_on_s3(s3_bucket, monkeypatch):
     latest = reader.latest()
     print(f"S3: latest of 20,000 rows in {time.perf_counter() - started:.2f} s, {len(reads)} files read")
     assert len(latest) == 20_000 and reader.progress().num_rows == 20_000
-    assert len(set(reads)) == 1  # the checkpoint; its leftovers were deleted by the next compaction
+    # the checkpoint and its 4 segments; the leftovers were deleted by the next compaction
+    assert len(set(reads)) == 1 + 4

@@ -9,7 +9,8 @@ see the same state::
     DST/_raywarp/clips.parquet            plan table: one row per unit of work (id, frames, ...)
     DST/_raywarp/skipped.parquet          files under SRC not taken as videos, and why
     DST/_raywarp/progress/part-*.parquet        append-only: one file per commit (rows of clip/video attempts)
-    DST/_raywarp/progress/checkpoint-<N>.parquet  every row of checkpoint N−1 and of the parts it names
+    DST/_raywarp/progress/segment-<N>-*.parquet   rows of folded parts and segments, written by compaction N
+    DST/_raywarp/progress/checkpoint-<N>.json     compaction N's snapshot: its live segments and the parts they hold
     DST/_raywarp/payload/<key>.zip              arrays: frames as PNG (lossless), others as deflated .npy
     DST/_raywarp/lease/                         which run writes DST now (raywarp.pipeline.lease)
 
@@ -27,15 +28,23 @@ Commit protocol. S3 has no atomic rename, so nothing is ever moved into place:
    payload exists but has no 'done' row is simply redone.
 
 Compaction, so that reading the log costs a bounded number of files however many
-commits a run makes (a checkpoint in the manner of Delta Lake's). ``compact()`` reads
-the newest checkpoint N and the part files it does not name, writes checkpoint N+1
-holding all their rows and naming those parts, create-once (``If-None-Match: *`` on
-S3, a hard link locally), and only then deletes the parts it names and older
-checkpoints. Readers take the newest checkpoint and the parts it does not name, so an
-interrupted compaction loses nothing: before the checkpoint exists nothing changed;
-after, the parts it names are ignored whether deleted or not, and the next compaction
-deletes the leftovers. Two compactors racing for N+1: one wins, the other gives up. A
-reader whose listing went stale under a compactor's deletes reads again.
+commits a run makes, and writing it costs O(N log N) bytes over a run (a snapshot in
+the manner of Delta Lake's and Iceberg's, with the tiered merges of an LSM tree).
+``compact()`` reads the newest checkpoint N and the part files it does not name (a
+segment only when it merges it). It folds those parts into a new level-0 segment; wherever the newest
+``FANOUT`` segments share a level, it merges them into one segment of the next level
+(rows keep their write order: segments run from the oldest, highest level to the
+newest). It writes the new segments, then checkpoint N+1 naming the live segments and
+the parts they hold, create-once (``If-None-Match: *`` on S3, a hard link locally), and
+only then deletes the parts it names, older checkpoints and segments of older
+compactions that it does not name. Readers take the newest checkpoint, its segments
+and the parts it does not name, so an interrupted compaction loses nothing: before the
+checkpoint exists nothing changed (its new segments are named by no checkpoint, and
+the next compaction deletes them); after, the parts it names are ignored whether
+deleted or not, and the next compaction deletes the leftovers. Two compactors racing
+for N+1: one wins, the other deletes its segments and gives up. A reader whose listing
+went stale under a compactor's deletes reads again. A row is rewritten once per level,
+and a level holds ``FANOUT`` times the rows of the one below it.
 
 Every file is serialised in memory and written with one PUT (locally: a temp file
 renamed into place), so readers never see half a file.
@@ -72,7 +81,7 @@ TABLES = ("videos", "shots", "clips", "skipped")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _PNG_LEVEL = [cv2.IMWRITE_PNG_COMPRESSION, 3]  # zlib level: close to 9's size at a fraction of its time
 COMPACT_EVERY = 256  # uncommitted part files a reader may meet before the driver compacts
-_CHECKPOINT_PARTS = b"raywarp.parts"  # parquet metadata key: JSON list of the part names a checkpoint holds
+FANOUT = 8  # segments of one level merged into one of the next
 _READ_RETRIES = 5
 
 
@@ -80,11 +89,19 @@ _READ_RETRIES = 5
 class _Log:
     """One read of the progress log."""
 
-    checkpoint: tuple[int, str] | None  # the newest checkpoint (number, path)
+    checkpoints: list[tuple[int, str]]  # every checkpoint listed (number, path), the newest last
     parts: list[str]  # every part file listed
-    held: set[str] = field(default_factory=set)  # part names the checkpoint holds
+    segment_files: list[str]  # every segment file listed
+    held: set[str] = field(default_factory=set)  # part names the newest checkpoint holds
+    segments: list[tuple[str, int, pa.Table | None]] = field(default_factory=list)  # its live (name, level, rows
+    # or None where not read), oldest first
     fresh: list[str] = field(default_factory=list)  # part paths read beside it
     rows: pa.Table | None = None
+
+    @property
+    def number(self) -> int:
+        """The newest checkpoint's number (0: none yet)."""
+        return self.checkpoints[-1][0] if self.checkpoints else 0
 
 
 class ConfigMismatchError(Exception):
@@ -252,40 +269,48 @@ class Manifest:
         except FileExistsError:
             return self.uri(rel)  # this very commit was made by an earlier try
 
-    def _log_files(self) -> tuple[tuple[int, str] | None, list[str]]:
-        """(newest checkpoint as (number, path) or None, part paths in name order)."""
+    def _log_files(self) -> tuple[list[tuple[int, str]], list[str], list[str]]:
+        """(checkpoints as (number, path) in number order, part paths in name order, segment paths)."""
         folder = self._path("progress")
         self.fs.invalidate_cache(folder)  # other processes write: drop s3fs's cached listing
         try:
             names = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
             names = []
-        checkpoints, parts = [], []
+        checkpoints, parts, segments = [], [], []
         for path in names:
             name = _name(path)
-            if name.startswith("checkpoint-") and name.endswith(".parquet"):
-                checkpoints.append((int(name[len("checkpoint-"):-len(".parquet")]), path))
+            if name.startswith("checkpoint-") and name.endswith(".json"):
+                checkpoints.append((int(name[len("checkpoint-"):-len(".json")]), path))
             elif name.startswith("part-") and name.endswith(".parquet"):
                 parts.append(path)
-        return max(checkpoints, default=None), sorted(parts)
+            elif name.startswith("segment-") and name.endswith(".parquet"):
+                segments.append(path)
+        return sorted(checkpoints), sorted(parts), segments
 
-    def _read_log(self) -> _Log:
-        """The whole progress log; lists again when a compactor deleted files between
-        the listing and the reads."""
+    def _read_log(self, segments: bool = True) -> _Log:
+        """The progress log (`segments`=False: the parts beside the checkpoint only, its
+        segments named, not read); lists again when a compactor deleted files between the
+        listing and the reads."""
         for _ in range(_READ_RETRIES):
-            checkpoint, parts = self._log_files()
+            log = _Log(*self._log_files())
             try:
-                log, tables = _Log(checkpoint, parts), []
-                if checkpoint is not None:
-                    table = pq.read_table(io.BytesIO(self.fs.cat_file(checkpoint[1])))
-                    log.held = set(json.loads((table.schema.metadata or {}).get(_CHECKPOINT_PARTS, b"[]")))
-                    tables.append(_conform(table.replace_schema_metadata(None)))
-                log.fresh = [p for p in parts if _name(p) not in log.held]
-                blobs = self.fs.cat(log.fresh, on_error="return") if log.fresh else {}  # concurrent on S3
-                if any(isinstance(blobs.get(p), FileNotFoundError) for p in log.fresh):
+                live = []
+                if log.checkpoints:
+                    snapshot = json.loads(self.fs.cat_file(log.checkpoints[-1][1]))
+                    log.held, live = set(snapshot["parts"]), snapshot["segments"]
+                log.fresh = [p for p in log.parts if _name(p) not in log.held]
+                paths = [self._segment_path(name) for name, _ in live] if segments else []
+                paths += log.fresh
+                blobs = self.fs.cat(paths, on_error="return") if paths else {}  # concurrent on S3
+                if any(isinstance(blobs.get(p), FileNotFoundError) for p in paths):
                     continue  # compacted meanwhile: its rows are in a newer checkpoint
             except FileNotFoundError:
                 continue
+            for name, level in live:
+                blob = blobs.get(self._segment_path(name))
+                log.segments.append((name, level, None if blob is None else _conform(pq.read_table(io.BytesIO(blob)))))
+            tables = [table for _, _, table in log.segments if table is not None]
             for part in log.fresh:
                 try:
                     blob = blobs[part]
@@ -298,26 +323,53 @@ class Manifest:
             return log
         raise RuntimeError(f"{self.root}/progress changed under {_READ_RETRIES} reads in a row")
 
+    def _segment_path(self, name: str) -> str:
+        return self._path(f"progress/{name}")
+
+    def _segment(self, name: str) -> pa.Table:
+        return _conform(pq.read_table(io.BytesIO(self.fs.cat_file(self._segment_path(name)))))
+
     def progress(self) -> pa.Table:
-        """All progress rows in write order: the newest checkpoint's, then the newer parts'."""
+        """All progress rows in write order: the newest checkpoint's segments', then the newer parts'."""
         return self._read_log().rows
 
     def compact(self, min_parts: int = 1) -> int:
-        """Fold the part files into a new checkpoint (see the module docstring); returns
-        how many parts it folded (0: fewer than ``min_parts``, or another compactor won)."""
-        log = self._read_log()
+        """Fold the part files into a new level-0 segment, merge full levels, and write a new
+        checkpoint (see the module docstring); returns how many parts it folded (0: fewer
+        than ``min_parts``, or another compactor won)."""
+        log = self._read_log(segments=False)  # a segment is read only to be merged
         if len(log.fresh) < min_parts:
             return 0
+        number = log.number + 1
+        segments = [(name, level, table, False) for name, level, table in log.segments]
+        segments.append((None, 0, log.rows, True))  # the fresh parts' rows
+        while len(segments) >= FANOUT and len({level for _, level, _, _ in segments[-FANOUT:]}) == 1:
+            try:
+                tables = [table if table is not None else self._segment(name) for name, _, table, _ in segments[-FANOUT:]]
+            except FileNotFoundError:
+                return 0  # a newer compaction merged it: this one would lose the race for its checkpoint
+            segments[-FANOUT:] = [(None, segments[-1][1] + 1, pa.concat_tables(tables), True)]
+        written = []
+        for i, (name, level, table, new) in enumerate(segments):
+            if new:
+                name = f"segment-{number:012d}-{uuid.uuid4().hex}.parquet"
+                self._put(f"progress/{name}", _parquet_bytes(table))
+                written.append(name)
+                segments[i] = (name, level, table, new)
         # Parts an interrupted compaction failed to delete stay named until they are gone.
         named = sorted(log.held & {_name(p) for p in log.parts}) + [_name(p) for p in log.fresh]
-        table = log.rows.replace_schema_metadata({_CHECKPOINT_PARTS: json.dumps(named).encode()})
-        number = log.checkpoint[0] if log.checkpoint else 0
+        snapshot = {"segments": [[name, level] for name, level, _, _ in segments], "parts": named}
         try:
-            self._put(f"progress/checkpoint-{number + 1:012d}.parquet", _parquet_bytes(table), create=True)
-        except FileExistsError:
-            return 0  # another compactor wrote this checkpoint first
-        named = set(named)
-        self.fs.rm([p for p in log.parts if _name(p) in named] + ([log.checkpoint[1]] if log.checkpoint else []))
+            self._put(f"progress/checkpoint-{number:012d}.json", json.dumps(snapshot).encode(), create=True)
+        except FileExistsError:  # another compactor wrote this checkpoint first
+            try:
+                self.remove([f"progress/{name}" for name in written])
+            except FileNotFoundError:
+                pass  # a later compaction already deleted them as unnamed
+            return 0
+        live, named = {name for name, _, _, _ in segments}, set(named)
+        self.fs.rm([p for p in log.parts if _name(p) in named] + [path for _, path in log.checkpoints]
+                   + [p for p in log.segment_files if _name(p) not in live and _segment_number(p) < number])
         return len(log.fresh)
 
     def latest(self, progress: pa.Table | None = None) -> dict[str, dict]:
@@ -456,6 +508,11 @@ def _config_diff(old, new, prefix: str = "") -> dict[str, tuple]:
 def commit_name() -> str:
     """A fresh commit name, in time order (part files sort by it)."""
     return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex}"
+
+
+def _segment_number(path: str) -> int:
+    """The number of the compaction that wrote a segment file."""
+    return int(_name(path).split("-")[1])
 
 
 def _conform(table: pa.Table) -> pa.Table:
