@@ -32,6 +32,9 @@ def test_models_part_times_every_model_precision_and_mode(checked):
     assert all(math.isfinite(r["per step"]) for r in syncs)
     flows = reports["models"].sections["flows at 64×48: ms per frame"]
     assert len(flows) == 4 and all(r["ms/frame"] > 0 and 0 < r["unknown flow"] < 0.5 for r in flows)
+    tiled = reports["models"].sections["bench.gpu --tiled: production sizes in tiles"]
+    assert [r["workload"].split(" (")[0] for r in tiled] == list(gpu.TILED)
+    assert all(r["s/frame"] > 0 and 0 < r["denoiser share"] <= 1 for r in tiled)
     saved = json.loads((out / "gpu_check_models.json").read_text())
     assert saved["commit"] == "test" and saved["tiny"] and saved["sections"] == json.loads(
         json.dumps(reports["models"].sections, default=str))

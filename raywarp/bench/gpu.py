@@ -301,32 +301,42 @@ def benchmark(args) -> list[dict]:
     return rows
 
 
+def tiled_workload(name: str, tiny: bool, device, precision: str, channels_last: bool = True, compile: bool = False,
+                   batch_size: int = SamplerConfig.batch_size, frames: int = 8):
+    """(denoiser tiled at its default tile (--tiny: a small one), clip inputs, operator, label)
+    of the TILED workload `name`."""
+    model, task, size, tiny_size, tiny_tile = TILED[name]
+    size = tiny_size if tiny else size
+    denoiser = build_denoiser(load_configs(model, tiny), device, PRECISIONS[precision])
+    denoiser.accelerate(precision=precision, channels_last=channels_last, compile=compile)
+    denoiser.enable_tiling(tiny_tile if tiny else None, batch=batch_size)
+    observations, forward, backward = clip_inputs(denoiser, size, frames)
+    op = inverse.SuperResolution(SCALE, "bicubic")
+    if task == "inpaint":
+        op = inverse.Inpainting(inverse.parse_mask(HOLE, size, frames))
+        observations = op.degrade(panned_video(size, frames))
+    tiles = len(rtiles.layout(*forward.shape[-2:], *denoiser.tiling, denoiser.multiple).boxes)
+    label = f"{name} ({tiles} tiles of {denoiser.tiling[0] * denoiser.scale_factor} px)"
+    return denoiser, (observations, forward, backward), op, label
+
+
 def benchmark_tiled(args) -> list[dict]:
-    """The TILED workloads, each at the model's default tile (--tiny: a small one)."""
+    """The TILED workloads."""
     device = torch.device(args.device)
     rows = []
-    for name, (model, task, size, tiny_size, tiny_tile) in TILED.items():
-        size = tiny_size if args.tiny else size
-        denoiser = build_denoiser(load_configs(model, args.tiny), device, PRECISIONS[args.precision])
-        denoiser.accelerate(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
-        denoiser.enable_tiling(tiny_tile if args.tiny else None, batch=args.batch_size)
+    for name in TILED:
+        denoiser, inputs, op, label = tiled_workload(name, args.tiny, device, args.precision, args.channels_last,
+                                                     args.compile, args.batch_size, args.frames)
         timer = NetworkTimer(denoiser)
-        observations, forward, backward = clip_inputs(denoiser, size, args.frames)
-        op = None
-        if task == "inpaint":
-            op = inverse.Inpainting(inverse.parse_mask(HOLE, size, args.frames))
-            observations = op.degrade(panned_video(size, args.frames))
-        tiles = len(rtiles.layout(*forward.shape[-2:], *denoiser.tiling, denoiser.multiple).boxes)
         for mode in args.modes:
             try:
-                row = time_mode(denoiser, timer, (observations, forward, backward), mode, args.steps, args.batch_size, op)
+                row = time_mode(denoiser, timer, inputs, mode, args.steps, args.batch_size, op)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 row = {"s/frame": math.nan, "denoiser share": math.nan, "peak GiB": None}
-            rows.append({"model": f"{name} ({tiles} tiles of {denoiser.tiling[0] * denoiser.scale_factor} px)",
-                         "mode": mode, **row})
+            rows.append({"model": label, "mode": mode, **row})
             print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
-        del denoiser, timer
+        del denoiser, timer, inputs
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

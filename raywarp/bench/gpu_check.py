@@ -11,7 +11,10 @@
     denoiser's share of the time, peak GPU memory;
   * host syncs per sampler step, from a profiler trace (steps 4 against steps 2, so what
     a call does once cancels), and where in the code they come from;
-  * flow estimation (OpenCV DIS, on the CPU) and densification (on the device) at 1080p.
+  * flow estimation (OpenCV DIS, on the CPU) and densification (on the device) at 1080p;
+  * `raywarp.bench.gpu --tiled` at bf16, warped: the upscaler at its native 512² (one
+    tile), 540p → 2160p and SDXL inpainting at 1080p in tiles, with peak memory against
+    the native size's.
 --part pipeline (Ray and PyAV too):
   * `raywarp run` end to end on an embedded Ray with `--gpus-per-actor 1`: SR ×4 of a
     generated 32-frame 180×320 clip to 720×1280 with the random SD ×4 upscaler folder;
@@ -188,6 +191,31 @@ def model_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.devic
                 if budget.allows(report, section, what):
                     report.add(section, {**what, **timed_row(denoiser, inputs, mode, sizes.steps, 8)})
         del denoiser
+        _free(device)
+
+
+SECTION_TILED = "bench.gpu --tiled: production sizes in tiles"
+
+
+def tiled_rows(report: Report, budget: Budget, sizes: Sizes, device: torch.device, tiny: bool) -> None:
+    """The TILED workloads of `bench.gpu` at bf16, warped; peak memory against the first's
+    (the upscaler's native 512², one tile)."""
+    reference = None
+    for name in gpu.TILED:
+        what = {"workload": name, "precision": "bf16", "mode": "warped"}
+        if not budget.allows(report, SECTION_TILED, what):
+            continue
+        denoiser, inputs, op, label = gpu.tiled_workload(name, tiny, device, "bf16", frames=sizes.frames["sd-x4-upscaler"])
+        timer = gpu.NetworkTimer(denoiser)
+        try:
+            row = gpu.time_mode(denoiser, timer, inputs, "warped", sizes.steps, 8, op)
+        except torch.OutOfMemoryError:
+            _free(device)
+            row = {"s/frame": math.nan, "denoiser share": math.nan, "peak GiB": None, "error": "out of memory"}
+        reference = reference or row["peak GiB"]
+        ratio = row["peak GiB"] / reference if row["peak GiB"] and reference else None
+        report.add(SECTION_TILED, {**what, "workload": label, **row, "peak × native 512²": ratio})
+        del denoiser, timer, inputs
         _free(device)
 
 
@@ -502,6 +530,7 @@ def main(argv=None) -> dict[str, Report]:
         if part == "models":
             model_rows(report, budget, sizes, device, args.tiny, args.models)
             flow_rows(report, budget, sizes, device)
+            tiled_rows(report, budget, sizes, device, args.tiny)
             compile_rows(report, budget, sizes, device, args.tiny, args.compile)  # last: compiling takes minutes
         else:
             with tempfile.TemporaryDirectory(prefix="raywarp-gpu-check-") as work:

@@ -375,16 +375,7 @@ class Manifest:
     def latest(self, progress: pa.Table | None = None) -> dict[str, dict]:
         """Per id, the row of its latest attempt (by finished_at; a tie goes to the later
         write): each unit's current state."""
-        table = self.progress() if progress is None else progress
-        if table.num_rows == 0:
-            return {}
-        table = table.append_column("_order", pa.array(range(table.num_rows), pa.int64()))
-        table = table.sort_by([("id", "ascending"), ("finished_at", "ascending"), ("_order", "ascending")])
-        ids = table.column("id")
-        last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))  # the last row of every id
-        keep = pa.concat_arrays([c for c in last.chunks] + [pa.array([True])]) if len(ids) > 1 else pa.array([True])
-        rows = table.filter(keep).drop_columns(["_order"]).to_pylist()
-        return {r["id"]: r for r in rows}
+        return {r["id"]: r for r in _latest_rows(self.progress() if progress is None else progress).to_pylist()}
 
     def committed(self) -> dict[str, ProgressRow]:
         """The latest row of every id whose latest row is 'done', by id."""
@@ -436,32 +427,37 @@ class Manifest:
         """
         info = self.run_info()
         attempt = len(info["attempts"]) if info else None
-        plan_frames = _column_dict(self._try_read("clips", ["id", "frames"]), "id", "frames")
-        planned_videos = set(_column_dict(self._try_read("videos", ["video_id"]), "video_id", "video_id"))
+        plan = self._try_read("clips", ["id", "frames"])
+        plan = pa.table({"id": pa.array([], pa.string()), "frames": pa.array([], pa.int64())}) if plan is None else plan
+        plan = plan.rename_columns(["id", "plan_frames"])
+        planned_videos = self._try_read("videos", ["video_id"])
+        planned_videos = pa.array([], pa.string()) if planned_videos is None else planned_videos.column("video_id")
         progress = self.progress()
-        latest = self.latest(progress)
+        # Vectorised (Arrow), not per row in Python: a run of 10⁶ units answers in seconds.
+        latest = _latest_rows(progress)
+        is_video = pc.equal(latest["kind"], "video")
+        units = _with_frames(latest.filter(pc.invert(is_video)), plan)
+        video_rows = latest.filter(is_video)
+        clips = _counts(units, plan["id"])
+        videos = _counts(video_rows, planned_videos)
+        done = units.filter(pc.equal(units["status"], "done"))
+        frames_done = pc.sum(done["frames"]).as_py() or 0
+        pending = plan.filter(pc.invert(pc.is_in(plan["id"], value_set=units["id"])))
+        frames_pending = pc.sum(pending["plan_frames"]).as_py() or 0
 
-        clip_rows = {i: r for i, r in latest.items() if r["kind"] != "video"}
-        video_rows = {i: r for i, r in latest.items() if r["kind"] == "video"}
-        clips = _count(set(plan_frames) | set(clip_rows), clip_rows)
-        videos = _count(planned_videos | set(video_rows), video_rows)
-        frames_done = sum(_frames(r, plan_frames) for r in clip_rows.values() if r["status"] == "done")
-        frames_pending = sum(plan_frames[i] or 0 for i in clips["pending"])  # pending ids come from the plan
-
-        fps = _fps([r for r in progress.to_pylist() if r["attempt"] == attempt], plan_frames)
+        fps = _fps(_with_frames(progress.filter(pc.equal(progress["attempt"], attempt or 0)), plan))
         eta = 0.0 if frames_pending == 0 else (frames_pending / fps if fps else None)
-        failed = sorted((r for r in latest.values() if r["status"] == "failed"),
-                        key=lambda r: r["finished_at"], reverse=True)
+        failed = latest.filter(pc.equal(latest["status"], "failed")).sort_by([("finished_at", "descending")])
         return {
             "root": self.root,
             "attempt": attempt,
-            **{f"clips_{k}": len(v) for k, v in clips.items()},
-            **{f"videos_{k}": len(v) for k, v in videos.items()},
+            **{f"clips_{k}": v for k, v in clips.items()},
+            **{f"videos_{k}": v for k, v in videos.items()},
             "frames_done": frames_done,
             "frames_pending": frames_pending,
             "fps": fps,
             "eta_seconds": eta,
-            "last_errors": [{"id": r["id"], "uri": r["uri"], "error": r["error"]} for r in failed[:5]],
+            "last_errors": failed.slice(0, 5).select(["id", "uri", "error"]).to_pylist(),
         }
 
     def _try_read(self, name: str, columns: list[str]) -> pa.Table | None:
@@ -578,30 +574,38 @@ def _payload_arrays(data: bytes) -> dict[str, np.ndarray]:
     return {**out, **{name: np.stack(stack) for name, stack in frames.items()}}
 
 
-def _column_dict(table: pa.Table | None, key: str, value: str) -> dict:
-    if table is None:
-        return {}
-    return dict(zip(table.column(key).to_pylist(), table.column(value).to_pylist()))
+def _latest_rows(progress: pa.Table) -> pa.Table:
+    """The latest row of every id (by finished_at; a tie goes to the later write), in id order."""
+    if progress.num_rows == 0:
+        return progress
+    table = progress.append_column("_order", pa.array(range(progress.num_rows), pa.int64()))
+    table = table.sort_by([("id", "ascending"), ("finished_at", "ascending"), ("_order", "ascending")])
+    ids = table.column("id")
+    last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))  # the last row of every id
+    keep = pa.concat_arrays([c for c in last.chunks] + [pa.array([True])]) if len(ids) > 1 else pa.array([True])
+    return table.filter(keep).drop_columns(["_order"])
 
 
-def _count(ids: set[str], rows: dict[str, dict]) -> dict[str, list[str]]:
-    """Split ids by the status of their latest row; no row means pending."""
-    out = {"done": [], "failed": [], "pending": []}
-    for i in ids:
-        out[rows[i]["status"] if i in rows else "pending"].append(i)
-    return out
+def _with_frames(rows: pa.Table, plan: pa.Table) -> pa.Table:
+    """Unit rows whose frames are the row's own or, where it has none, the plan's (plan: id, plan_frames)."""
+    joined = rows.join(plan, keys="id", join_type="left outer")
+    frames = pc.fill_null(pc.coalesce(joined["frames"].cast(pa.int64()), joined["plan_frames"]), 0)
+    return joined.drop_columns(["frames", "plan_frames"]).append_column("frames", frames)
 
 
-def _frames(row: dict, plan_frames: dict) -> int:
-    return row["frames"] if row["frames"] is not None else (plan_frames.get(row["id"]) or 0)
+def _counts(rows: pa.Table, planned: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """Ids by the status of their latest row (`rows`), planned ids without a row pending."""
+    return {"done": pc.sum(pc.equal(rows["status"], "done")).as_py() or 0,
+            "failed": pc.sum(pc.equal(rows["status"], "failed")).as_py() or 0,
+            "pending": pc.sum(pc.invert(pc.is_in(planned, value_set=rows["id"]))).as_py() or 0}
 
 
-def _fps(rows: list[dict], plan_frames: dict) -> float | None:
-    """Frames of done clip rows / wall span (first start to last finish) of ``rows``."""
-    frames = sum(_frames(r, plan_frames) for r in rows if r["kind"] != "video" and r["status"] == "done")
-    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
-    if not frames or not starts:
+def _fps(rows: pa.Table) -> float | None:
+    """Frames of done unit rows / wall span (first start to last finish) of ``rows`` (frames filled: `_with_frames`)."""
+    done = pc.and_(pc.not_equal(rows["kind"], "video"), pc.equal(rows["status"], "done"))
+    frames = pc.sum(rows.filter(done)["frames"]).as_py() or 0
+    start = pc.min(rows["started_at"]).as_py()
+    if not frames or start is None:
         return None
-    span = max(r["finished_at"] for r in rows) - min(starts)
+    span = pc.max(rows["finished_at"]).as_py() - start
     return frames / span if span > 0 else None
-
