@@ -230,7 +230,11 @@ def status_command(args: argparse.Namespace) -> int:
         return 2
     show = (lambda status: json.dumps(status, sort_keys=True)) if args.json else format_status
     if args.watch is None:
-        print(show(manifest.status()))
+        try:
+            print(show(manifest.status()))
+        except ValueError as exc:  # a manifest this version cannot read
+            print(f"raywarp status: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     # Ctrl-C sets a flag, checked between reads: a KeyboardInterrupt raised inside a
     # Parquet read (pyarrow's C++, its threads) could abort the process instead (seen: SIGABRT).

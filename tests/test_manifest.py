@@ -364,3 +364,11 @@ def test_twenty_thousand_rows_on_s3(s3_bucket, monkeypatch):
     assert len(latest) == 20_000 and reader.progress().num_rows == 20_000
     # the checkpoint and its 4 segments; the leftovers were deleted by the next compaction
     assert len(set(reads)) == 1 + 4
+
+
+def test_a_log_of_the_single_checkpoint_format_is_refused_by_name(manifest):
+    """Before tiered compaction a checkpoint was one parquet file of every row."""
+    manifest.start_run(CONFIG, "h")
+    manifest.write_bytes("progress/checkpoint-000000000001.parquet", b"old")
+    with pytest.raises(ValueError, match="checkpoint-000000000001.parquet: a progress log written by a raywarp before"):
+        manifest.status()

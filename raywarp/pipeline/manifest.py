@@ -286,6 +286,9 @@ class Manifest:
                 parts.append(path)
             elif name.startswith("segment-") and name.endswith(".parquet"):
                 segments.append(path)
+            elif name.startswith("checkpoint-") and name.endswith(".parquet"):
+                raise ValueError(f"{self.root}/progress/{name}: a progress log written by a raywarp before tiered "
+                                 "compaction (2026-12-08), which this version does not read; restore into a new --out")
         return sorted(checkpoints), sorted(parts), segments
 
     def _read_log(self, segments: bool = True) -> _Log:
