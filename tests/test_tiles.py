@@ -194,3 +194,14 @@ def test_a_small_hole_is_restored_in_a_crop_as_well_as_in_the_whole_frame():
     assert not np.array_equal(out[True][~known], out[False][~known])  # the holes were sampled in the crop
     psnr = {c: -10 * np.log10(np.mean((out[c][~known] - truth[~known]) ** 2)) for c in out}
     assert psnr[True] > psnr[False] - 1.0, psnr
+
+
+def test_frames_without_a_hole_are_output_as_observed_without_sampling():
+    """A unit whose frames the mask leaves whole (here a hole outside the frame) is the
+    measurement itself: no denoiser is called (None here would fail), the bytes are the
+    input's, as sampling and projecting gave them."""
+    video, _, _, _, _ = panned_clip(3, (32, 32))
+    frames = (video * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    config = RunConfig(task="inpaint", mask="rect:200,200,210,210")
+    m = rclip.measure(frames, config, 0, 3, (1, 4))
+    np.testing.assert_array_equal(rclip.restore(None, m, None, None, config, seed=0, start=0), frames)

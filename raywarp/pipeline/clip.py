@@ -160,10 +160,13 @@ def restore(denoiser, m: Measurement, fwd: torch.Tensor, bwd: torch.Tensor, conf
     by the neighbouring seams, known frames for the first / last frame. chain: the unit's
     coordinates chained from the pixel grid (`chain_coords(bwd, first_index=start)`), if
     made already: the noise's coordinates when the first frame's are the grid. Inpainting
-    with `config.inpaint_crop` samples only a crop around the holes (`inpainting_crop`).
+    with `config.inpaint_crop` samples only a crop around the holes (`inpainting_crop`);
+    frames without a hole (a moving mask elsewhere) are the measurement, not sampled.
     The result is cropped from the padded size and made consistent with the unpadded
     measurement.
     """
+    if config.task == "inpaint" and not bool((m.op.mask < 0.5).any()):  # no hole in these frames: nothing to sample
+        return tensor_to_frames(m.y)
     s = denoiser.scale_factor
     coords = None
     if config.sampler.mode in NOISE_OF_MODE:
