@@ -28,6 +28,7 @@ the sizes so that the whole benchmark runs on a CPU in seconds: the test suite's
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -278,31 +279,17 @@ def time_mode(denoiser, timer: NetworkTimer, inputs, mode: str, steps: int, batc
     return {"s/frame": wall / observations.shape[0], "denoiser share": timer.seconds() / wall, "peak GiB": peak}
 
 
-def benchmark(args) -> list[dict]:
-    device = torch.device(args.device)
-    rows = []
-    for model in args.models:
-        denoiser = build_denoiser(load_configs(model, args.tiny), device, PRECISIONS[args.precision])
-        denoiser.accelerate(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
-        timer = NetworkTimer(denoiser)
-        inputs = clip_inputs(denoiser, args.sides[model], args.frames)
-        for mode in args.modes:
-            try:
-                row = time_mode(denoiser, timer, inputs, mode, args.steps, args.batch_size)
-            except torch.OutOfMemoryError:  # a row saying so beats losing the other modes' rows
-                torch.cuda.empty_cache()
-                row = {"s/frame": math.nan, "denoiser share": math.nan, "peak GiB": None}
-            rows.append({"model": model, "mode": mode, **row})
-            print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
-        del denoiser, timer, inputs
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+def native_workload(model: str, tiny: bool, device, precision: str, channels_last: bool = True, compile: bool = False,
+                    frames: int = 8):
+    """(denoiser, clip inputs, operator (None: SR ×4), label) of `model` at its native size, untiled."""
+    denoiser = build_denoiser(load_configs(model, tiny), device, PRECISIONS[precision])
+    denoiser.accelerate(precision=precision, channels_last=channels_last, compile=compile)
+    side = (TINY_OUTPUT_SIDES if tiny else OUTPUT_SIDES)[model]
+    return denoiser, clip_inputs(denoiser, side, frames), None, model
 
 
 def tiled_workload(name: str, tiny: bool, device, precision: str, channels_last: bool = True, compile: bool = False,
-                   batch_size: int = SamplerConfig.batch_size, frames: int = 8):
+                   frames: int = 8, batch_size: int = SamplerConfig.batch_size):
     """(denoiser tiled at its default tile (--tiny: a small one), clip inputs, operator, label)
     of the TILED workload `name`."""
     model, task, size, tiny_size, tiny_tile = TILED[name]
@@ -320,18 +307,23 @@ def tiled_workload(name: str, tiny: bool, device, precision: str, channels_last:
     return denoiser, (observations, forward, backward), op, label
 
 
-def benchmark_tiled(args) -> list[dict]:
-    """The TILED workloads."""
+def benchmark(args) -> list[dict]:
+    """Every mode on each workload: the models at native size, or (--tiled) the TILED ones."""
     device = torch.device(args.device)
+    common = dict(tiny=args.tiny, device=device, precision=args.precision, channels_last=args.channels_last,
+                  compile=args.compile, frames=args.frames)
+    if args.tiled:
+        workloads = [functools.partial(tiled_workload, name, batch_size=args.batch_size, **common) for name in TILED]
+    else:
+        workloads = [functools.partial(native_workload, model, **common) for model in args.models]
     rows = []
-    for name in TILED:
-        denoiser, inputs, op, label = tiled_workload(name, args.tiny, device, args.precision, args.channels_last,
-                                                     args.compile, args.batch_size, args.frames)
+    for workload in workloads:  # built one at a time, each freed before the next
+        denoiser, inputs, op, label = workload()
         timer = NetworkTimer(denoiser)
         for mode in args.modes:
             try:
                 row = time_mode(denoiser, timer, inputs, mode, args.steps, args.batch_size, op)
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError:  # a row saying so beats losing the other modes' rows
                 torch.cuda.empty_cache()
                 row = {"s/frame": math.nan, "denoiser share": math.nan, "peak GiB": None}
             rows.append({"model": label, "mode": mode, **row})
@@ -385,7 +377,7 @@ def main(argv=None) -> list[dict]:
     print(f"GPU benchmark{' (tiny)' if args.tiny else ''}: {device_name(torch.device(args.device))}; precision "
           f"{args.precision}, channels_last {args.channels_last}, compile {args.compile}; {sizes}; "
           f"{args.frames} frames, {args.steps} DDIM steps, batch {args.batch_size}")
-    return benchmark_tiled(args) if args.tiled else benchmark(args)
+    return benchmark(args)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 import torch
 
 from raywarp import inverse, metrics, synthetic
+from raywarp.cli import DEFAULT_MODE, REESTIMATE_FLOW_AT
 from raywarp import tiles as rtiles
 from raywarp.models import load_denoiser, noise_spec
 from raywarp.sampler import SamplerConfig, sample_clip, sample_crop
@@ -93,12 +94,19 @@ def panned(size: int, frames: int):
     return video, fwd, bwd
 
 
+def run_sampler(args, task: str) -> SamplerConfig:
+    """What `raywarp run` samples `task` with on the model (`raywarp.cli`'s defaults), at the
+    benchmark's steps, all its frames in one batch."""
+    spec = noise_spec(args.model)
+    return SamplerConfig(mode=DEFAULT_MODE[spec["noise"]], steps=args.steps, batch_size=args.frames,
+                         length_scale=spec.get("length_scale", SamplerConfig.length_scale),
+                         num_features=spec.get("num_features", SamplerConfig.num_features),
+                         reestimate_flow_at=REESTIMATE_FLOW_AT.get(task, 0.0))
+
+
 def benchmark(args) -> list[dict]:
     denoiser = load_denoiser(args.model, device=args.device)
-    spec = noise_spec(args.model)
-    config = SamplerConfig(steps=args.steps, batch_size=args.frames,
-                           length_scale=spec.get("length_scale", SamplerConfig.length_scale),
-                           mode="warped" if spec["noise"] == "gp" else "white-warped")
+    config = run_sampler(args, "sr")
     op = inverse.SuperResolution(4, "bicubic")
     warm = panned(32, 2)  # one-time allocations and kernel choices, outside every measurement
     sample_clip(denoiser, op, op.degrade(warm[0]), *warm[1:], seed=0, config=config, device=args.device)
@@ -134,10 +142,7 @@ def inpainting(args) -> list[dict]:
     """A small static hole (HOLE) at each size: sampled in its crop (`tiles.hole_box`, as
     `raywarp run` does by default) and over the whole frame (at the default tile)."""
     denoiser = load_denoiser(args.model, device=args.device).enable_tiling(batch=args.frames)
-    spec = noise_spec(args.model)
-    config = SamplerConfig(steps=args.steps, batch_size=args.frames, reestimate_flow_at=0.5,
-                           length_scale=spec.get("length_scale", SamplerConfig.length_scale),
-                           mode="warped" if spec["noise"] == "gp" else "white-warped")
+    config = run_sampler(args, "inpaint")
     rows = []
     for size in args.inpaint_sizes:
         video, fwd, bwd = panned(size, args.frames)

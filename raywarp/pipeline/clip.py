@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from raywarp import flow as rflow
 from raywarp import inverse
 from raywarp import noise as rnoise
-from raywarp.pipeline.config import RunConfig
 from raywarp import tiles
+from raywarp.pipeline.config import RunConfig
 from raywarp.sampler import NOISE_OF_MODE, chain_coords, sample_clip, sample_crop
 from raywarp.tensors import frames_to_tensor, tensor_to_frames
 
