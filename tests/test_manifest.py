@@ -372,3 +372,21 @@ def test_a_log_of_the_single_checkpoint_format_is_refused_by_name(manifest):
     manifest.write_bytes("progress/checkpoint-000000000001.parquet", b"old")
     with pytest.raises(ValueError, match="checkpoint-000000000001.parquet: a progress log written by a raywarp before"):
         manifest.status()
+
+
+def test_a_checkpoint_written_whose_answer_was_lost_is_kept(manifest, monkeypatch):
+    """S3 wrote the checkpoint, the answer was lost, and the retry was refused (412): the
+    checkpoint is this compactor's own, so its segments must stay."""
+    commits(manifest, 5)
+    real_put = manifest._put
+
+    def answer_lost(rel, data, create=False):
+        real_put(rel, data, create)
+        if create:
+            raise FileExistsError(rel)  # what the retry of a create that succeeded answers
+        return manifest.uri(rel)
+
+    monkeypatch.setattr(manifest, "_put", answer_lost)
+    assert manifest.compact() == 5
+    monkeypatch.setattr(manifest, "_put", real_put)
+    assert sorted(manifest.progress().column("id").to_pylist()) == [f"u{i:06d}" for i in range(5)]

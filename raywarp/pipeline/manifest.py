@@ -361,15 +361,19 @@ class Manifest:
                 segments[i] = (name, level, table, new)
         # Parts an interrupted compaction failed to delete stay named until they are gone.
         named = sorted(log.held & {_name(p) for p in log.parts}) + [_name(p) for p in log.fresh]
-        snapshot = {"segments": [[name, level] for name, level, _, _ in segments], "parts": named}
+        snapshot = json.dumps({"segments": [[name, level] for name, level, _, _ in segments], "parts": named}).encode()
+        checkpoint = f"progress/checkpoint-{number:012d}.json"
         try:
-            self._put(f"progress/checkpoint-{number:012d}.json", json.dumps(snapshot).encode(), create=True)
-        except FileExistsError:  # another compactor wrote this checkpoint first
-            try:
-                self.remove([f"progress/{name}" for name in written])
-            except FileNotFoundError:
-                pass  # a later compaction already deleted them as unnamed
-            return 0
+            self._put(checkpoint, snapshot, create=True)
+        except FileExistsError:
+            # Ours if it holds our (uniquely named) segments: a write whose response was lost
+            # and whose retry was refused. Otherwise another compactor wrote it first.
+            if self._get(checkpoint) != snapshot:
+                try:
+                    self.remove([f"progress/{name}" for name in written])
+                except FileNotFoundError:
+                    pass  # a later compaction already deleted them as unnamed
+                return 0
         live, named = {name for name, _, _, _ in segments}, set(named)
         self.fs.rm([p for p in log.parts if _name(p) in named] + [path for _, path in log.checkpoints]
                    + [p for p in log.segment_files if _name(p) not in live and _segment_number(p) < number])
